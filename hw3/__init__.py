@@ -1,0 +1,1 @@
+"""hw3: does BatchNorm make a ConvNet's loss smoother? The engine is plain PyTorch."""

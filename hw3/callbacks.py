@@ -1,0 +1,74 @@
+"""Hydra callback: a sweep's store, experiment and parent run, made once by the launcher."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from hw3 import tracking
+
+log = logging.getLogger("hw3")
+
+
+def sweep_id(config: DictConfig) -> str:
+    """The same id for the same sweep launched again (its grid and its fixed values)."""
+    body = OmegaConf.to_container(config, resolve=False)
+    body.pop("hydra")
+    body.pop("force", None)
+    grid = OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=False)
+    task = sorted(o for o in config.hydra.overrides.task if not o.startswith("force="))
+    return tracking.fingerprint({"config": body, "grid": grid, "overrides": task})
+
+
+class MlflowSweep(Callback):
+    """Creates the store's schema, the experiment and the parent run before any job starts.
+
+    Jobs get their ids through the environment and create their runs by id, so parallel
+    jobs never race a schema migration or an experiment lookup. The parent run is closed
+    when the sweep ends, FAILED if any job failed, also when the sweep aborts.
+    """
+
+    def __init__(self) -> None:
+        self._open: tuple[tracking.Store, str, str] | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        store = tracking.connect(config.tracking.uri)
+        name = config.tracking.experiment
+        experiment = tracking.experiment_id(store, name)
+        sid = sweep_id(config)
+        earlier = tracking.find_runs(store, experiment, kind="sweep", sweep_id=sid)
+        if earlier:
+            parent = earlier[0].info.run_id
+            store.client.update_run(parent, status="RUNNING")
+        else:
+            tags = {"kind": "sweep", "sweep_id": sid, **tracking.git_state()}
+            tags["overrides"] = " ".join(config.hydra.overrides.task)
+            parent = store.client.create_run(experiment, run_name=f"sweep-{sid[:8]}", tags=tags)
+            parent = parent.info.run_id
+        os.environ |= {
+            tracking.ENV_URI: store.uri,
+            tracking.ENV_EXPERIMENT: name,
+            tracking.ENV_EXPERIMENT_ID: experiment,
+            tracking.ENV_PARENT: parent,
+            tracking.ENV_SWEEP: sid,
+        }
+        log.info("sweep %s: parent run %s in experiment %s at %s", sid, parent, name, store.uri)
+        self._open = (store, experiment, parent)
+        atexit.register(self._close, completed=False)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._close(completed=True)
+        atexit.unregister(self._close)
+
+    def _close(self, completed: bool) -> None:
+        if self._open is None:
+            return
+        store, experiment, parent = self._open
+        self._open = None
+        status = tracking.close_sweep(store, experiment, parent, completed=completed)
+        log.info("sweep parent run %s: %s", parent, status)

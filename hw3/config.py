@@ -1,0 +1,125 @@
+"""Structured-config schema: types come from the dataclasses, ranges from `validate`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from hw3.device import DEVICES
+from hw3.models import MODELS
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ConfigError(ValueError):
+    """A config value is out of its range."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING
+    lr: float = MISSING
+    momentum: float = MISSING
+    weight_decay: float = MISSING
+
+
+@dataclass
+class DataConfig:
+    root: str = MISSING
+    download: bool = MISSING
+    normalize: bool = MISSING
+    mean: float | None = MISSING
+    std: float | None = MISSING
+    train_size: int | None = MISSING
+    test_size: int | None = MISSING
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    device: str = MISSING
+    smoothness: bool = MISSING
+    chunk_size: int = MISSING
+    cuda_graphs: bool = MISSING
+    checkpoint_dir: str = MISSING
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = MISSING
+    experiment: str = MISSING
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = MISSING
+    force: bool = MISSING
+
+
+# (dotted key, predicate, what the value must be)
+_RANGES = [
+    ("model.name", lambda v: v in MODELS, f"one of {', '.join(MODELS)}"),
+    ("optimizer.lr", lambda v: v > 0, "> 0"),
+    ("optimizer.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optimizer.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("data.std", lambda v: v is None or v > 0, "> 0 or null"),
+    ("data.train_size", lambda v: v is None or v >= 1, ">= 1 or null"),
+    ("data.test_size", lambda v: v is None or v >= 1, ">= 1 or null"),
+    ("trainer.epochs", lambda v: v >= 1, ">= 1"),
+    ("trainer.batch_size", lambda v: v >= 1, ">= 1"),
+    ("trainer.device", lambda v: v in DEVICES, f"one of {', '.join(DEVICES)}"),
+    ("trainer.chunk_size", lambda v: v >= 1, ">= 1"),
+    ("tracking.experiment", lambda v: bool(v.strip()), "a non-empty name"),
+]
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg: Config) -> Config:
+    """Raise ConfigError naming the first out-of-range value and the fix; return `cfg`."""
+    for key, ok, must in _RANGES:
+        value = _get(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"invalid {key}={value!r}: it must be {must} (set {key}=VALUE)")
+    return cfg
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A dataclass tree as {dotted key: leaf value}."""
+    out: dict[str, Any] = {}
+    for f in fields(node):
+        value = getattr(node, f.name)
+        key = f"{prefix}{f.name}"
+        out |= flatten(value, f"{key}.") if is_dataclass(value) else {key: value}
+    return out
+
+
+def resolve_path(path: str) -> Path:
+    """Relative paths in the config are relative to the project root, not Hydra's job dir."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def register() -> None:
+    """Register the schema that conf/config.yaml extends and the `${hw3_root:}` resolver."""
+    ConfigStore.instance().store(name="schema", node=Config)
+    OmegaConf.register_new_resolver("hw3_root", lambda: str(PROJECT_ROOT), replace=True)

@@ -1,0 +1,175 @@
+"""One job: a validated config → one training run → one MLflow run that resumes and never lies."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hw3 import tracking
+from hw3.config import Config, ConfigError, flatten, resolve_path, validate
+from hw3.data import DataError, load_fashion_mnist
+from hw3.device import DeviceError, resolve_device
+from hw3.train import Diverged, Metrics, train
+
+log = logging.getLogger("hw3")
+
+# Keys that say where things live, not what is computed: left out of the fingerprint.
+PLACE_KEYS = ("tracking.uri", "tracking.experiment", "force", "data.root", "data.download")
+PLACE_KEYS += ("trainer.checkpoint_dir",)
+NOT_PARAMS = ("tracking.uri", "force")  # the URI may carry credentials; force is per launch
+PROGRESS = ("train/loss", "test/acc", "smoothness/L", "time/train_pass_s")
+
+
+class RunFailed(RuntimeError):
+    """A job failed for a reason its one-line message explains (the run is marked FAILED)."""
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What the launching process of a sweep hands its jobs (all None for a single run)."""
+
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+    sweep_id: str | None = None
+
+    @classmethod
+    def from_env(cls, experiment: str) -> Sweep:
+        """The sweep this process belongs to, if it was launched for `experiment`."""
+        if os.environ.get(tracking.ENV_EXPERIMENT) != experiment:
+            return cls()
+        return cls(
+            os.environ.get(tracking.ENV_EXPERIMENT_ID),
+            os.environ.get(tracking.ENV_PARENT),
+            os.environ.get(tracking.ENV_SWEEP),
+        )
+
+
+def config_fingerprint(cfg: Config) -> str:
+    """Hash of everything that determines the results (not where they are stored)."""
+    return tracking.fingerprint({k: v for k, v in flatten(cfg).items() if k not in PLACE_KEYS})
+
+
+def _record_failure(store: tracking.Store, run_id: str, err: BaseException) -> None:
+    text = "".join(traceback.format_exception(err))
+    tags = {"error": str(err).splitlines()[0][:4000] if str(err) else type(err).__name__}
+    if isinstance(err, Diverged):
+        tags |= {"diverged": "true", "diverged_pass": err.epoch}
+    tracking.log_values(store, run_id, tags=tags)
+    store.client.log_text(run_id, text, "error.txt")
+    status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+    store.client.set_terminated(run_id, status)
+
+
+def _log_artifacts(store: tracking.Store, run_id: str, hydra_dir: Path | None, ckpt: Path) -> None:
+    if hydra_dir is not None and hydra_dir.is_dir():
+        store.client.log_artifacts(run_id, str(hydra_dir), ".hydra")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "state_dict.pt"
+        torch.save(state, path)
+        store.client.log_artifact(run_id, str(path), "model")
+
+
+def run_job(cfg: Config, *, overrides: list[str], hydra_dir: Path | None) -> str | None:
+    """Train per `cfg` into its MLflow run; return the run id, or None if it was already done.
+
+    A FINISHED run with the same fingerprint is skipped unless `cfg.force`; an unfinished one
+    (killed or failed) is resumed from its checkpoint in the same MLflow run.
+    """
+    try:
+        validate(cfg)
+        store = tracking.connect(cfg.tracking.uri)
+        sweep = Sweep.from_env(cfg.tracking.experiment)
+        experiment = sweep.experiment_id or tracking.experiment_id(store, cfg.tracking.experiment)
+    except (ConfigError, tracking.TrackingError) as err:
+        raise RunFailed(str(err)) from err
+    fp = config_fingerprint(cfg)
+    ckpt = resolve_path(cfg.trainer.checkpoint_dir) / experiment / f"{fp}.pt"
+    name = f"{cfg.model.name}-seed{cfg.seed}"
+    earlier = tracking.find_runs(store, experiment, kind="train", fingerprint=fp)
+    done = next((r for r in earlier if r.info.status == "FINISHED"), None)
+    if done is not None and not cfg.force:
+        log.info(
+            "skip %s: already FINISHED as run %s (force=true reruns it)", name, done.info.run_id
+        )
+        return None
+    resumable = next((r for r in earlier if r.info.status != "FINISHED"), None)
+    if cfg.force or resumable is None:
+        ckpt.unlink(missing_ok=True)
+        run_id = store.client.create_run(experiment, run_name=name).info.run_id
+    else:
+        run_id = resumable.info.run_id
+        store.client.update_run(run_id, status="RUNNING")
+        for key in ("error", "diverged", "diverged_pass"):
+            if key in resumable.data.tags:
+                store.client.delete_tag(run_id, key)
+        log.info("resume %s: run %s from its last checkpoint", name, run_id)
+
+    try:
+        device = resolve_device(cfg.trainer.device)
+        tags = {
+            "kind": "train",
+            "model": cfg.model.name,
+            "seed": cfg.seed,
+            "fingerprint": fp,
+            "overrides": " ".join(overrides),
+            "device": device.type,
+            "torch_version": torch.__version__,
+            **tracking.git_state(),
+        }
+        if sweep.parent_run_id is not None:
+            tags |= {"mlflow.parentRunId": sweep.parent_run_id, "sweep_id": sweep.sweep_id}
+        params = {k: v for k, v in flatten(cfg).items() if k not in NOT_PARAMS}
+        tracking.log_values(store, run_id, params=params, tags=tags)
+        already = tracking.logged_steps(store, run_id, "test/acc")
+
+        def on_pass_end(epoch: int, metrics: Metrics) -> None:
+            if epoch in already:  # replayed from a checkpoint and logged before the kill
+                return
+            now = int(time.time() * 1000)
+            tracking.log_values(store, run_id, metrics=metrics, step=epoch, timestamp_ms=now)
+            shown = " ".join(f"{k}={metrics[k]:.4g}" for k in PROGRESS if k in metrics)
+            log.info("%s pass %d/%d: %s", name, epoch, cfg.trainer.epochs, shown)
+
+        data = load_fashion_mnist(
+            resolve_path(cfg.data.root),
+            normalize=cfg.data.normalize,
+            mean=cfg.data.mean,
+            std=cfg.data.std,
+            train_size=cfg.data.train_size,
+            test_size=cfg.data.test_size,
+            download=cfg.data.download,
+        )
+        train(
+            data,
+            model=cfg.model.name,
+            lr=cfg.optimizer.lr,
+            momentum=cfg.optimizer.momentum,
+            weight_decay=cfg.optimizer.weight_decay,
+            epochs=cfg.trainer.epochs,
+            batch_size=cfg.trainer.batch_size,
+            seed=cfg.seed,
+            device=device.type,
+            smoothness=cfg.trainer.smoothness,
+            chunk_size=cfg.trainer.chunk_size,
+            cuda_graphs=cfg.trainer.cuda_graphs,
+            on_pass_end=on_pass_end,
+            checkpoint=ckpt,
+        )
+        _log_artifacts(store, run_id, hydra_dir, ckpt)
+        store.client.set_terminated(run_id, "FINISHED")
+    except (DataError, DeviceError, Diverged) as err:
+        _record_failure(store, run_id, err)
+        raise RunFailed(f"{name}: {str(err).splitlines()[0]}") from err
+    except BaseException as err:
+        _record_failure(store, run_id, err)
+        raise
+    ckpt.unlink(missing_ok=True)
+    return run_id
