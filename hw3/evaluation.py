@@ -53,7 +53,7 @@ def full_pass(
             logits = model(xb)
             chunk_loss = F.cross_entropy(logits, yb, reduction="sum")
             if grads is not None:
-                for g, d in zip(grads, torch.autograd.grad(chunk_loss, params)):
+                for g, d in zip(grads, torch.autograd.grad(chunk_loss, params), strict=True):
                     g.add_(d)
             loss_sum += chunk_loss.detach()
             correct += (logits.detach().argmax(1) == yb).sum()

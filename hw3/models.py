@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import nn
 
@@ -40,7 +42,9 @@ def _net(blocks: nn.Sequential) -> nn.Sequential:
 
 def _pooled_blocks(bn: bool) -> nn.Sequential:
     c_ins = (INPUT_SHAPE[0], *CHANNELS[:-1])
-    return nn.Sequential(*(_block(i, o, pool=True, bn=bn) for i, o in zip(c_ins, CHANNELS)))
+    return nn.Sequential(
+        *(_block(i, o, pool=True, bn=bn) for i, o in zip(c_ins, CHANNELS, strict=True))
+    )
 
 
 def _strided_blocks() -> nn.Sequential:
@@ -48,9 +52,12 @@ def _strided_blocks() -> nn.Sequential:
     with torch.random.fork_rng(devices=[]):  # the probe net must not consume init randomness
         pooled = _shapes(_pooled_blocks(bn=False))
     c_ins = (INPUT_SHAPE[0], *CHANNELS[:-1])
-    strides = [a[-1] // b[-1] for a, b in zip(pooled, pooled[1:])]
+    strides = [a[-1] // b[-1] for a, b in pairwise(pooled)]
     blocks = nn.Sequential(
-        *(_block(i, o, pool=False, bn=False, stride=s) for i, o, s in zip(c_ins, CHANNELS, strides))
+        *(
+            _block(i, o, pool=False, bn=False, stride=s)
+            for i, o, s in zip(c_ins, CHANNELS, strides, strict=True)
+        )
     )
     strided = _shapes(blocks)
     if strided != pooled:

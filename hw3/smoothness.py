@@ -31,7 +31,7 @@ def _norm(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 @torch.no_grad()
 def _restore(targets: Sequence[torch.Tensor], saved: Sequence[torch.Tensor]) -> None:
-    for t, s in zip(targets, saved):
+    for t, s in zip(targets, saved, strict=True):
         t.copy_(s)  # in place: storage stays where optimizers and CUDA graphs expect it
 
 
@@ -64,14 +64,14 @@ def effective_smoothness(
             with eval_mode(model):
                 at_w = full_pass(model, x, y, chunk_size, params)
                 with torch.no_grad():
-                    for p, step in zip(params, u):
+                    for p, step in zip(params, u, strict=True):
                         p.add_(step)
                 at_w_plus_u = full_pass(model, x, y, chunk_size, params)
     finally:
         _restore(params, saved_params)
         _restore(buffers, saved_buffers)
         model.train(was_training)
-    diff = _norm([b - a for a, b in zip(at_w.grads, at_w_plus_u.grads)]).item()
+    diff = _norm([b - a for a, b in zip(at_w.grads, at_w_plus_u.grads, strict=True)]).item()
     u_norm = _norm(u).item()
     return Smoothness(
         L=diff / u_norm if u_norm > 0 else math.nan,
