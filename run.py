@@ -6,21 +6,18 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
+from hw3.cli import fail, main_with_one_line_errors
 from hw3.config import register
 from hw3.job import RunFailed, run_job
 
 register()
 
 
-class JobFailed(CompactHydraException):
-    """Reported by Hydra as its one-line message, with a non-zero exit."""
-
-
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
+    """Train one configuration into its MLflow run (skipped or resumed as appropriate)."""
     hydra_cfg = HydraConfig.get()
     try:
         run_job(
@@ -29,8 +26,8 @@ def main(cfg: DictConfig) -> None:
             hydra_dir=Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir,
         )
     except RunFailed as err:
-        raise JobFailed(str(err)) from None
+        fail(str(err))
 
 
 if __name__ == "__main__":
-    main()
+    main_with_one_line_errors(main)

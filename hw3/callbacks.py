@@ -20,7 +20,8 @@ def sweep_id(config: DictConfig) -> str:
     body = OmegaConf.to_container(config, resolve=False)
     body.pop("hydra")
     body.pop("force", None)
-    grid = OmegaConf.to_container(config.hydra.sweeper.get("params") or {}, resolve=False)
+    params = config.hydra.sweeper.get("params")
+    grid = OmegaConf.to_container(params, resolve=False) if params else {}
     task = sorted(o for o in config.hydra.overrides.task if not o.startswith("force="))
     return tracking.fingerprint({"config": body, "grid": grid, "overrides": task})
 

@@ -36,6 +36,7 @@ class OptimizerConfig:
 class DataConfig:
     root: str = MISSING
     download: bool = MISSING
+    verify: bool = MISSING
     normalize: bool = MISSING
     mean: float | None = MISSING
     std: float | None = MISSING

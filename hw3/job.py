@@ -14,7 +14,7 @@ import torch
 
 from hw3 import tracking
 from hw3.config import Config, ConfigError, flatten, resolve_path, validate
-from hw3.data import DataError, load_fashion_mnist
+from hw3.data import OFFICIAL_MD5, DataError, load_fashion_mnist
 from hw3.device import DeviceError, resolve_device
 from hw3.train import Diverged, Metrics, train
 
@@ -22,7 +22,7 @@ log = logging.getLogger("hw3")
 
 # Keys that say where things live, not what is computed: left out of the fingerprint.
 PLACE_KEYS = ("tracking.uri", "tracking.experiment", "force", "data.root", "data.download")
-PLACE_KEYS += ("trainer.checkpoint_dir",)
+PLACE_KEYS += ("data.verify", "trainer.checkpoint_dir")
 NOT_PARAMS = ("tracking.uri", "force")  # the URI may carry credentials; force is per launch
 PROGRESS = ("train/loss", "test/acc", "smoothness/L", "time/train_pass_s")
 
@@ -77,6 +77,31 @@ def _log_artifacts(store: tracking.Store, run_id: str, hydra_dir: Path | None, c
         store.client.log_artifact(run_id, str(path), "model")
 
 
+def _open_run(
+    store: tracking.Store, experiment: str, cfg: Config, tags: dict[str, str], ckpt: Path
+) -> str | None:
+    """The run to train into: a new one, or an unfinished one to resume; None to skip."""
+    name = tags["mlflow.runName"]
+    earlier = tracking.find_runs(store, experiment, kind="train", fingerprint=tags["fingerprint"])
+    done = next((r for r in earlier if r.info.status == "FINISHED"), None)
+    if done is not None and not cfg.force:
+        run_id = done.info.run_id
+        log.info("skip %s: already FINISHED as run %s (force=true reruns it)", name, run_id)
+        return None
+    resumable = next((r for r in earlier if r.info.status != "FINISHED"), None)
+    if cfg.force or resumable is None:
+        ckpt.unlink(missing_ok=True)
+        return store.client.create_run(experiment, tags=tags, run_name=name).info.run_id
+    run_id = resumable.info.run_id
+    store.client.update_run(run_id, status="RUNNING")
+    for key in ("error", "diverged", "diverged_pass"):
+        if key in resumable.data.tags:
+            store.client.delete_tag(run_id, key)
+    tracking.log_values(store, run_id, tags=tags)  # the sweep resuming it becomes its parent
+    log.info("resume %s: run %s from its last checkpoint", name, run_id)
+    return run_id
+
+
 def run_job(cfg: Config, *, overrides: list[str], hydra_dir: Path | None) -> str | None:
     """Train per `cfg` into its MLflow run; return the run id, or None if it was already done.
 
@@ -91,43 +116,29 @@ def run_job(cfg: Config, *, overrides: list[str], hydra_dir: Path | None) -> str
     except (ConfigError, tracking.TrackingError) as err:
         raise RunFailed(str(err)) from err
     fp = config_fingerprint(cfg)
-    ckpt = resolve_path(cfg.trainer.checkpoint_dir) / experiment / f"{fp}.pt"
     name = f"{cfg.model.name}-seed{cfg.seed}"
-    earlier = tracking.find_runs(store, experiment, kind="train", fingerprint=fp)
-    done = next((r for r in earlier if r.info.status == "FINISHED"), None)
-    if done is not None and not cfg.force:
-        log.info(
-            "skip %s: already FINISHED as run %s (force=true reruns it)", name, done.info.run_id
-        )
+    tags = {
+        "mlflow.runName": name,
+        "kind": "train",
+        "model": cfg.model.name,
+        "seed": str(cfg.seed),
+        "fingerprint": fp,
+        "overrides": " ".join(overrides),
+        "torch_version": torch.__version__,
+        **tracking.git_state(),
+    }
+    if sweep.parent_run_id is not None:
+        tags |= {"mlflow.parentRunId": sweep.parent_run_id, "sweep_id": sweep.sweep_id}
+    ckpt = resolve_path(cfg.trainer.checkpoint_dir) / experiment / f"{fp}.pt"
+    run_id = _open_run(store, experiment, cfg, tags, ckpt)
+    if run_id is None:
         return None
-    resumable = next((r for r in earlier if r.info.status != "FINISHED"), None)
-    if cfg.force or resumable is None:
-        ckpt.unlink(missing_ok=True)
-        run_id = store.client.create_run(experiment, run_name=name).info.run_id
-    else:
-        run_id = resumable.info.run_id
-        store.client.update_run(run_id, status="RUNNING")
-        for key in ("error", "diverged", "diverged_pass"):
-            if key in resumable.data.tags:
-                store.client.delete_tag(run_id, key)
-        log.info("resume %s: run %s from its last checkpoint", name, run_id)
 
     try:
-        device = resolve_device(cfg.trainer.device)
-        tags = {
-            "kind": "train",
-            "model": cfg.model.name,
-            "seed": cfg.seed,
-            "fingerprint": fp,
-            "overrides": " ".join(overrides),
-            "device": device.type,
-            "torch_version": torch.__version__,
-            **tracking.git_state(),
-        }
-        if sweep.parent_run_id is not None:
-            tags |= {"mlflow.parentRunId": sweep.parent_run_id, "sweep_id": sweep.sweep_id}
         params = {k: v for k, v in flatten(cfg).items() if k not in NOT_PARAMS}
-        tracking.log_values(store, run_id, params=params, tags=tags)
+        tracking.log_values(store, run_id, params=params)
+        device = resolve_device(cfg.trainer.device)
+        tracking.log_values(store, run_id, tags={"device": device.type})
         already = tracking.logged_steps(store, run_id, "test/acc")
 
         def on_pass_end(epoch: int, metrics: Metrics) -> None:
@@ -146,6 +157,7 @@ def run_job(cfg: Config, *, overrides: list[str], hydra_dir: Path | None) -> str
             train_size=cfg.data.train_size,
             test_size=cfg.data.test_size,
             download=cfg.data.download,
+            checksums=OFFICIAL_MD5 if cfg.data.verify else None,
         )
         train(
             data,
@@ -167,7 +179,7 @@ def run_job(cfg: Config, *, overrides: list[str], hydra_dir: Path | None) -> str
         store.client.set_terminated(run_id, "FINISHED")
     except (DataError, DeviceError, Diverged) as err:
         _record_failure(store, run_id, err)
-        raise RunFailed(f"{name}: {str(err).splitlines()[0]}") from err
+        raise RunFailed(f"{name} FAILED: {str(err).splitlines()[0]}") from err
     except BaseException as err:
         _record_failure(store, run_id, err)
         raise

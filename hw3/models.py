@@ -27,10 +27,15 @@ def _shapes(blocks: nn.Sequential) -> list[torch.Size]:
     """Per-example shapes entering each block and, last, entering the linear layer."""
     x = torch.zeros(1, *INPUT_SHAPE)
     shapes = [x.shape[1:]]
-    with torch.no_grad():
-        for block in blocks:
-            x = block(x)
-            shapes.append(x.shape[1:])
+    was_training = blocks.training
+    blocks.eval()  # in train mode the probe would update BatchNorm's running statistics
+    try:
+        with torch.no_grad():
+            for block in blocks:
+                x = block(x)
+                shapes.append(x.shape[1:])
+    finally:
+        blocks.train(was_training)
     return shapes
 
 

@@ -101,6 +101,16 @@ def connect(uri: str | None) -> Store:
     return Store(uri, client)
 
 
+def connect_existing(uri: str | None) -> Store:
+    """Like `connect`, but a SQLite store must already exist: reading never creates one."""
+    uri = resolve_uri(uri)
+    if (db := _sqlite_path(uri)) is not None and not db.is_file():
+        raise TrackingError(
+            f"no tracking store at {db}; run a sweep first or point tracking.uri at one"
+        )
+    return connect(uri)
+
+
 def artifact_location(uri: str, experiment: str) -> str | None:
     """Where a new experiment's artifacts go: beside a SQLite database, else the store's choice."""
     db = _sqlite_path(uri)

@@ -1,0 +1,60 @@
+"""Command-line plumbing shared by run.py and analyze.py: every known error as one line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException, HydraException
+from hydra.types import RunMode
+from omegaconf.errors import OmegaConfBaseException
+
+log = logging.getLogger("hw3")
+HINT = "(python run.py --help lists the groups; --cfg job prints the composed config)"
+_NOISE = ("full_key:", "reference_type=", "object_type=", "To append to your config use")
+
+
+class JobFailed(CompactHydraException):
+    """A job's own one-line failure, raised so that a sweep goes on and then exits non-zero."""
+
+
+def one_line(err: BaseException) -> str:
+    """Hydra's and OmegaConf's multi-line messages folded into one line."""
+    text = ""
+    for raw in str(err).splitlines():
+        line = raw.strip().rstrip(".")
+        if line.startswith("Config search path"):
+            break
+        if not line or line.startswith(_NOISE):
+            continue
+        # items listed under a heading ("Available options in 'model':") join with commas
+        sep = ", " if raw.startswith("\t") and not text.endswith(":") else "; "
+        text = f"{text}{sep if text else ''}{line}".replace(":; ", ": ")
+    cause = err.__cause__
+    if isinstance(cause, OmegaConfBaseException) and str(cause).splitlines()[0] not in text:
+        text += f": {str(cause).splitlines()[0]}"
+    if isinstance(err, JobFailed):
+        return text
+    return f"{text} {HINT}"
+
+
+def fail(message: str) -> None:
+    """End the current Hydra job as failed: a single run exits 1, a sweep job raises."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        log.error(message)
+        raise JobFailed(message)
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
+def main_with_one_line_errors(main: Callable[[], None]) -> None:
+    """Run a `@hydra.main` function; configuration errors print one line and exit 1."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises; we print, not it
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        raise SystemExit(1) from None

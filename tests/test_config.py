@@ -1,0 +1,112 @@
+"""Composition of every preset and group, and the errors bad values give."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
+
+from hw3.cli import one_line
+from hw3.config import Config, ConfigError, flatten, validate
+from hw3.job import config_fingerprint
+
+
+@pytest.mark.parametrize("model", ["plain", "bn", "stride"])
+def test_every_model_composes_to_a_valid_typed_config(compose_config, model):
+    cfg = compose_config(f"model={model}")
+    typed = validate(OmegaConf.to_object(cfg))
+    assert isinstance(typed, Config)
+    assert typed.model.name == model
+    assert typed.optimizer.lr == 0.04
+    assert (typed.trainer.epochs, typed.trainer.batch_size) == (10, 32)
+    assert typed.seed == 0
+
+
+@pytest.mark.parametrize(
+    ("preset", "experiment", "grid"),
+    [
+        ("batchnorm", "hw3-batchnorm", {"model": "plain,bn", "seed": "range(5)"}),
+        ("stride", "hw3-stride", {"model": "plain,stride", "seed": "range(5)"}),
+        ("smoke", "hw3-smoke", {"model": "plain,bn,stride", "seed": "0,1"}),
+    ],
+)
+def test_presets_set_their_experiment_and_sweep_grid(compose_config, preset, experiment, grid):
+    cfg = compose_config(f"experiment={preset}", hydra=True)
+    assert cfg.tracking.experiment == experiment
+    assert dict(cfg.hydra.sweeper.params) == grid
+
+
+def test_smoke_preset_is_small(compose_config):
+    cfg = compose_config("experiment=smoke")
+    assert cfg.trainer.epochs == 2
+    assert cfg.data.train_size is not None and cfg.data.train_size <= 5000
+
+
+def test_public_overrides_compose(compose_config):
+    cfg = compose_config(
+        "model=bn",
+        "seed=3",
+        "optimizer.lr=0.1",
+        "trainer.epochs=2",
+        "trainer.batch_size=64",
+        "trainer.device=cpu",
+        "data.root=/tmp/d",
+        "data.train_size=100",
+        "data.test_size=50",
+        "tracking.uri=sqlite:////tmp/x.db",
+        "tracking.experiment=e",
+        "force=true",
+        "optimizer=sgd_momentum",
+    )
+    flat = flatten(OmegaConf.to_object(cfg))
+    assert flat["model.name"] == "bn" and flat["seed"] == 3 and flat["force"] is True
+    assert flat["optimizer.momentum"] == 0.9 and flat["optimizer.lr"] == 0.1
+    assert flat["data.train_size"] == 100 and flat["tracking.uri"] == "sqlite:////tmp/x.db"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optimizer.lr=0", "invalid optimizer.lr=0.0: it must be > 0"),
+        ("optimizer.momentum=1.5", "invalid optimizer.momentum=1.5"),
+        ("trainer.epochs=0", "invalid trainer.epochs=0: it must be >= 1"),
+        ("trainer.batch_size=0", "invalid trainer.batch_size=0"),
+        ("data.train_size=0", "invalid data.train_size=0: it must be >= 1 or null"),
+        ("trainer.device=tpu", "invalid trainer.device='tpu'"),
+    ],
+)
+def test_out_of_range_values_fail_validation(compose_config, override, message):
+    cfg = compose_config(override)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        validate(OmegaConf.to_object(cfg))
+
+
+def test_wrong_type_fails_composition_in_one_line(compose_config):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_config("trainer.epochs=abc")
+    assert isinstance(info.value.__cause__, ValidationError)
+    line = one_line(info.value)
+    assert "\n" not in line and "trainer.epochs=abc" in line and "Integer" in line
+
+
+def test_typo_and_unknown_group_name_the_problem(compose_config):
+    with pytest.raises(ConfigCompositionException) as typo:
+        compose_config("trainer.epoch=3")
+    assert "Key 'epoch' not in 'TrainerConfig'" in one_line(typo.value)
+    with pytest.raises(ConfigCompositionException) as group:
+        compose_config("model=resnet")
+    line = one_line(group.value)
+    assert "\n" not in line and "Available options in 'model': bn, plain, stride" in line
+
+
+def test_fingerprint_ignores_where_but_not_what(compose_config):
+    def fingerprint(*overrides):
+        cfg = compose_config(*overrides)
+        return config_fingerprint(OmegaConf.to_object(cfg))
+
+    base = fingerprint()
+    assert fingerprint("tracking.uri=sqlite:////tmp/y.db", "force=true", "data.root=/x") == base
+    assert fingerprint("seed=1") != base
+    assert fingerprint("optimizer.lr=0.1") != base
+    assert fingerprint("model=bn") != base

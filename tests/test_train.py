@@ -1,0 +1,250 @@
+"""Training on tiny synthetic data: determinism, metrics, divergence, measuring, resuming."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny import NAMES, single_threaded, synthetic_data
+
+from hw3.data import OFFICIAL_MD5, SYSTEM_DIR, FashionMNIST, Split, load_fashion_mnist, raw_dir
+from hw3.evaluation import full_pass
+from hw3.models import MODELS, build_model
+from hw3.train import Diverged, Metrics, derive_seed, train
+
+BASE_KEYS = {
+    "train/loss",
+    "train/loss_running",
+    "train/acc",
+    "test/loss",
+    "test/acc",
+    "time/train_pass_s",
+    "time/smoothness_s",
+    "time/eval_s",
+}
+SMOOTHNESS_KEYS = {
+    "smoothness/L",
+    "smoothness/lr_max",
+    "smoothness/u_norm",
+    "smoothness/grad_norm",
+}
+FIT_KEYS = ("train/loss", "train/loss_running", "train/acc", "test/loss", "test/acc")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny workloads: one intra-op thread (much faster on a busy machine)."""
+    with single_threaded():
+        yield
+
+
+class Interrupt(Exception):
+    """Raised by a callback to stop a run between passes, as a kill would."""
+
+
+@pytest.fixture(scope="module")
+def data() -> FashionMNIST:
+    """256 training and 128 test examples of noise with random labels."""
+    return synthetic_data(n_train=256, n_test=128, seed=0)
+
+
+def run(data: FashionMNIST, **overrides) -> list[Metrics]:
+    """`train` on CPU with small settings (momentum and weight decay on: optimizer state)."""
+    options = {
+        "model": "bn",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "epochs": 2,
+        "batch_size": 32,
+        "seed": 0,
+        "device": "cpu",
+        "smoothness": True,
+        "chunk_size": 100,
+        "cuda_graphs": False,
+    }
+    return train(data, **(options | overrides))
+
+
+def untimed(history: list[Metrics]) -> list[Metrics]:
+    """The history without the wall-clock `time/*` metrics."""
+    return [{k: v for k, v in m.items() if not k.startswith("time/")} for m in history]
+
+
+def test_same_seed_same_metrics(data: FashionMNIST):
+    first, second = run(data), run(data)
+    assert len(first) == 2
+    assert untimed(first) == untimed(second)
+    other = run(data, seed=1)
+    for a, b in zip(untimed(first), untimed(other), strict=True):
+        assert a["train/loss_running"] != b["train/loss_running"]
+        assert a["smoothness/L"] != b["smoothness/L"]
+
+
+def test_history_keys(data: FashionMNIST):
+    with_probe = run(data, epochs=1)
+    without = run(data, epochs=1, smoothness=False)
+    assert set(with_probe[0]) == BASE_KEYS | SMOOTHNESS_KEYS
+    assert set(without[0]) == BASE_KEYS
+    metrics = with_probe[0]
+    assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
+    assert metrics["smoothness/L"] > 0
+    assert metrics["smoothness/lr_max"] == pytest.approx(1 / metrics["smoothness/L"])
+    assert 0 <= metrics["train/acc"] <= 1 and 0 <= metrics["test/acc"] <= 1
+    assert all(metrics[k] >= 0 for k in ("time/train_pass_s", "time/smoothness_s", "time/eval_s"))
+
+
+def test_divergence_names_pass_and_step(data: FashionMNIST):
+    with pytest.raises(Diverged) as excinfo:
+        run(data, model="plain", lr=1e12, momentum=0.0, smoothness=False)
+    err = excinfo.value
+    assert err.epoch == 1 and 1 <= err.step <= 256 // 32
+    message = str(err)
+    assert f"pass 1, step {err.step}" in message and "lr=1000000000000.0" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_measuring_does_not_change_training(data: FashionMNIST, model: str):
+    measured = run(data, model=model, epochs=3, smoothness=True)
+    unmeasured = run(data, model=model, epochs=3, smoothness=False)
+    for a, b in zip(measured, unmeasured, strict=True):
+        assert {k: a[k] for k in FIT_KEYS} == {k: b[k] for k in FIT_KEYS}
+
+
+def test_resume_after_interruption(data: FashionMNIST, tmp_path: Path):
+    straight = run(data, epochs=3)
+    checkpoint = tmp_path / "ckpt" / "run.pt"
+    seen: list[tuple[int, Metrics]] = []
+
+    def interrupt_after_first(epoch: int, metrics: Metrics) -> None:
+        seen.append((epoch, metrics))
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(data, epochs=3, checkpoint=checkpoint, on_pass_end=interrupt_after_first)
+    assert checkpoint.is_file()
+    assert [e for e, _ in seen] == [1]
+
+    replayed: list[tuple[int, Metrics]] = []
+    resumed = run(
+        data, epochs=3, checkpoint=checkpoint, on_pass_end=lambda e, m: replayed.append((e, m))
+    )
+    assert [e for e, _ in replayed] == [1, 2, 3]
+    assert replayed[0][1] == seen[0][1]  # the finished pass is replayed as it was logged
+    assert [m for _, m in replayed] == resumed
+    assert untimed(resumed) == untimed(straight)
+
+    # A finished run only replays.
+    again: list[int] = []
+    assert run(data, epochs=3, checkpoint=checkpoint, on_pass_end=lambda e, m: again.append(e))
+    assert again == [1, 2, 3]
+
+
+def test_resume_extends_a_finished_run(data: FashionMNIST, tmp_path: Path):
+    checkpoint = tmp_path / "run.pt"
+    run(data, epochs=1, checkpoint=checkpoint)
+    extended = run(data, epochs=2, checkpoint=checkpoint)
+    assert untimed(extended) == untimed(run(data, epochs=2))
+
+
+def reference_training(
+    data: FashionMNIST, *, lr: float, epochs: int, batch_size: int, seed: int
+) -> tuple[list[float], list[float]]:
+    """Plain SGD written out: the running train loss and the test loss after every pass."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "init"))
+        net = build_model("plain")
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    shuffle = torch.Generator().manual_seed(derive_seed(seed, "shuffle"))
+    x, y = data.train.x, data.train.y
+    running, test = [], []
+    for _ in range(epochs):
+        order = torch.randperm(len(y), generator=shuffle)
+        losses = []
+        for start in range(0, len(y), batch_size):
+            idx = order[start : start + batch_size]
+            optimizer.zero_grad()
+            loss = F.cross_entropy(net(x[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        running.append(sum(losses) / len(losses))
+        net.eval()
+        test.append(full_pass(net, data.test.x, data.test.y, chunk_size=1000).loss)
+        net.train()
+    return running, test
+
+
+def test_partial_last_batch(data: FashionMNIST):
+    """256 examples in batches of 100: steps of 100, 100 and 56, every example once a pass."""
+    history = run(data, model="plain", lr=0.05, momentum=0.0, weight_decay=0.0, batch_size=100)
+    running, test = reference_training(data, lr=0.05, epochs=2, batch_size=100, seed=0)
+    assert [m["train/loss_running"] for m in history] == pytest.approx(running, rel=1e-5)
+    assert [m["test/loss"] for m in history] == pytest.approx(test, rel=1e-5)
+
+
+def test_batch_larger_than_training_set(data: FashionMNIST):
+    small = FashionMNIST(
+        train=Split(data.train.x[:20], data.train.y[:20]), test=data.test, mean=0.0, std=1.0
+    )
+    history = run(small, batch_size=32)
+    assert all(math.isfinite(m["smoothness/L"]) for m in history)
+
+
+# --- the real data, when this machine has it ----------------------------------------------------
+
+PROJECT_DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def real_data_location(tmp_root: Path) -> tuple[Path, Path | None] | None:
+    """(root, system_dir) to load the official files from, or None where there are none."""
+    if all((SYSTEM_DIR / f"{name}.gz").is_file() for name in NAMES):
+        return tmp_root, SYSTEM_DIR  # decompressed into a fresh root on the way
+    raw = raw_dir(PROJECT_DATA)
+    if all((raw / name).is_file() or (raw / f"{name}.gz").is_file() for name in NAMES):
+        return PROJECT_DATA, None
+    return None
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory: pytest.TempPathFactory) -> FashionMNIST:
+    """The whole official dataset, MD5-verified, loaded once."""
+    location = real_data_location(tmp_path_factory.mktemp("real"))
+    if location is None:
+        pytest.skip(f"FashionMNIST not in {SYSTEM_DIR} nor {PROJECT_DATA}")
+    root, system_dir = location
+    try:
+        return load_fashion_mnist(
+            root, normalize=True, mean=None, std=None, train_size=None, test_size=None,
+            download=False, system_dir=system_dir, checksums=OFFICIAL_MD5,
+        )  # fmt: skip
+    finally:
+        if system_dir is not None:
+            shutil.rmtree(raw_dir(root))  # the decompressed copy (55 MB) is in memory now
+
+
+def test_real_data_split_and_normalisation(real: FashionMNIST):
+    assert (len(real.train), len(real.test)) == (60_000, 10_000)
+    assert real.train.x.shape == (60_000, 1, 28, 28)
+    assert real.mean == pytest.approx(0.2860, abs=1e-4)
+    assert real.std == pytest.approx(0.3530, abs=1e-4)
+    assert sorted(torch.bincount(real.test.y).tolist()) == [1000] * 10
+
+
+def test_one_pass_on_real_data_beats_chance(real: FashionMNIST):
+    subset = FashionMNIST(
+        train=Split(real.train.x[:2000], real.train.y[:2000]),  # = data.train_size=2000
+        test=Split(real.test.x[:2000], real.test.y[:2000]),
+        mean=real.mean,
+        std=real.std,
+    )
+    (metrics,) = run(subset, model="plain", lr=0.04, momentum=0.0, weight_decay=0.0, epochs=1)
+    assert metrics["test/acc"] > 0.5
+    assert math.isfinite(metrics["smoothness/L"]) and metrics["smoothness/L"] > 0

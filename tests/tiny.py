@@ -1,0 +1,95 @@
+"""Tiny synthetic data shared by the engine tests: raw IDX files and in-memory splits."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hw3.data import FashionMNIST, Split
+
+IMAGE_SIDE = 28
+NAMES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def idx_bytes(array: torch.Tensor) -> bytes:
+    """The IDX encoding of a uint8 tensor: magic 0x0000080N, N big-endian dims, the data."""
+    assert array.dtype == torch.uint8
+    header = struct.pack(">I", 0x0800 | array.dim()) + struct.pack(f">{array.dim()}I", *array.shape)
+    return header + array.contiguous().numpy().tobytes()
+
+
+@dataclass(frozen=True)
+class TinyRaw:
+    """The four raw arrays of a tiny FashionMNIST-shaped dataset (uint8 images and labels)."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    def files(self) -> dict[str, bytes]:
+        """File name → IDX bytes, under the official names."""
+        arrays = (self.train_x, self.train_y, self.test_x, self.test_y)
+        return {name: idx_bytes(a) for name, a in zip(NAMES, arrays, strict=True)}
+
+    def md5s(self) -> dict[str, str]:
+        """File name → MD5 of the (decompressed) IDX bytes: a `checksums=` table."""
+        return {name: hashlib.md5(b).hexdigest() for name, b in self.files().items()}
+
+
+def make_raw(seed: int = 0, n_train: int = 20, n_test: int = 10) -> TinyRaw:
+    """Random uint8 images and labels in 0..9, reproducible from `seed`."""
+    g = torch.Generator().manual_seed(seed)
+
+    def images(n: int) -> torch.Tensor:
+        return torch.randint(0, 256, (n, IMAGE_SIDE, IMAGE_SIDE), generator=g, dtype=torch.uint8)
+
+    def labels(n: int) -> torch.Tensor:
+        return torch.randint(0, 10, (n,), generator=g, dtype=torch.uint8)
+
+    return TinyRaw(images(n_train), labels(n_train), images(n_test), labels(n_test))
+
+
+def write_raw(folder: Path, raw: TinyRaw, *, gz: bool = False) -> dict[str, Path]:
+    """Write the four files into `folder` (as `name.gz` when `gz`); name → path written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, data in raw.files().items():
+        path = folder / (f"{name}.gz" if gz else name)
+        path.write_bytes(gzip.compress(data) if gz else data)
+        written[name] = path
+    return written
+
+
+def synthetic_data(n_train: int = 256, n_test: int = 128, seed: int = 0) -> FashionMNIST:
+    """Preprocessed-looking random splits (standard normal images, uniform labels)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def split(n: int) -> Split:
+        x = torch.randn(n, 1, IMAGE_SIDE, IMAGE_SIDE, generator=g)
+        return Split(x, torch.randint(0, 10, (n,), generator=g))
+
+    return FashionMNIST(train=split(n_train), test=split(n_test), mean=0.0, std=1.0)
+
+
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """One intra-op thread inside the block: tiny workloads run faster without thread sync."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
