@@ -13,6 +13,9 @@ from hw3.device import DEVICES
 from hw3.models import MODELS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Keys that say where things live, not what is computed: left out of the fingerprint.
+PLACE_KEYS = ("tracking.uri", "tracking.experiment", "force", "data.root", "data.download")
+PLACE_KEYS += ("data.verify", "trainer.checkpoint_dir")
 
 
 class ConfigError(ValueError):

@@ -13,16 +13,13 @@ from pathlib import Path
 import torch
 
 from hw3 import tracking
-from hw3.config import Config, ConfigError, flatten, resolve_path, validate
+from hw3.config import PLACE_KEYS, Config, ConfigError, flatten, resolve_path, validate
 from hw3.data import OFFICIAL_MD5, DataError, load_fashion_mnist
 from hw3.device import DeviceError, resolve_device
 from hw3.train import Diverged, Metrics, train
 
 log = logging.getLogger("hw3")
 
-# Keys that say where things live, not what is computed: left out of the fingerprint.
-PLACE_KEYS = ("tracking.uri", "tracking.experiment", "force", "data.root", "data.download")
-PLACE_KEYS += ("data.verify", "trainer.checkpoint_dir")
 NOT_PARAMS = ("tracking.uri", "force")  # the URI may carry credentials; force is per launch
 PROGRESS = ("train/loss", "test/acc", "smoothness/L", "time/train_pass_s")
 

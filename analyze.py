@@ -1,0 +1,34 @@
+"""Entry point: an experiment's MLflow runs → figures, summary, report (see conf/analyze.yaml)."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from hw3 import analysis_job
+from hw3.analysis import AnalysisError
+from hw3.cli import fail, main_with_one_line_errors
+from hw3.config import register, resolve_path
+from hw3.tracking import TrackingError
+
+register()
+analysis_job.register()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
+def main(cfg: DictConfig) -> None:
+    """Regenerate the figures and the report of one experiment from the store."""
+    try:
+        analysis_job.analyze(
+            cfg.tracking.uri,
+            cfg.tracking.experiment,
+            resolve_path(cfg.out),
+            sweep_id=cfg.sweep_id,
+            filter_string=cfg.filter,
+        )
+    except (AnalysisError, TrackingError) as err:
+        fail(str(err))
+
+
+if __name__ == "__main__":
+    main_with_one_line_errors(main)
