@@ -19,7 +19,7 @@ from hw3.analysis import Study, describe, learning_rate, run_means, seeds, serie
 FORMATS = ("png", "pdf")
 DPI = 150  # of the PNGs
 PANEL_SIZE = (5.0, 3.6)  # inches per panel
-BAND_ALPHA = 0.2
+DODGE = 0.08  # horizontal offset between groups, in passes, so error bars do not overlap
 TIME_METRIC = "time/train_pass_s"
 
 
@@ -101,20 +101,23 @@ def _draw_learning_rates(ax, study: Study) -> list[float]:
 
 def _draw_panel(ax, study: Study, panel: Panel) -> None:
     color = colors(study)
-    for group in study.groups:
+    for i, group in enumerate(study.groups):
         s = series(study.summary, group, panel.metric)
         if s.empty:
             continue
-        ax.plot(s["pass"], s["mean"], marker="o", ms=3, color=color[group])
-        ax.fill_between(
-            s["pass"],
-            s["mean"] - s["ci95"],
-            s["mean"] + s["ci95"],
+        offset = (i - (len(study.groups) - 1) / 2) * DODGE
+        ax.errorbar(
+            s["pass"] + offset,
+            s["mean"],
+            yerr=s["ci95"].fillna(0),
+            marker="o",
+            ms=3,
+            capsize=3,
             color=color[group],
-            alpha=BAND_ALPHA,
-            linewidth=0,
         )
-    # The axes span the runs' values: with few seeds a t band can be far wider (and is clipped).
+        runs = study.tidy[(study.tidy["model"] == group) & (study.tidy["metric"] == panel.metric)]
+        ax.plot(runs["pass"] + offset, runs["value"], ".", ms=4, alpha=0.35, color=color[group])
+    # The axes span the runs' values: with few seeds a t interval can be far wider (clipped).
     span = study.tidy.loc[study.tidy["metric"] == panel.metric, "value"].tolist()
     if panel is STEP_BOUND:
         span += _draw_learning_rates(ax, study)
@@ -151,8 +154,8 @@ def draw_layout(study: Study, layout: Layout, out: Path) -> list[Path]:
     for ax, panel in zip(axes, panels, strict=True):
         _draw_panel(ax, study, panel)
     fig.suptitle(
-        f"{study.experiment}: {layout.title}\nlines: mean over seeds; bands: 95% t-interval of "
-        "the mean (clipped to the range of the runs' values)"
+        f"{study.experiment}: {layout.title}\nlines: mean over seeds; error bars: 95% t-interval "
+        "of the mean (clipped to the runs' range); faint dots: runs"
     )
     _figure_legend(fig, study)
     return save(fig, out, layout.name)

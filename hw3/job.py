@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 import time
 import traceback
@@ -135,7 +136,8 @@ def run_job(cfg: Config, *, overrides: list[str], hydra_dir: Path | None) -> str
         params = {k: v for k, v in flatten(cfg).items() if k not in NOT_PARAMS}
         tracking.log_values(store, run_id, params=params)
         device = resolve_device(cfg.trainer.device)
-        tracking.log_values(store, run_id, tags={"device": device.type})
+        where = {"device": device.type, "host": socket.gethostname(), "pid": os.getpid()}
+        tracking.log_values(store, run_id, tags=where)
         already = tracking.logged_steps(store, run_id, "test/acc")
 
         def on_pass_end(epoch: int, metrics: Metrics) -> None:
