@@ -44,14 +44,25 @@ class Outcome:
 def log_analysis(
     store: tracking.Store, study: Study, files: list[Path], params: dict[str, str]
 ) -> str:
-    """A FINISHED run tagged kind=analysis in the study's experiment, holding `files`."""
+    """The study's run tagged kind=analysis, holding `files`: one per selection, updated.
+
+    Regenerating an analysis overwrites its artifacts in the same run rather than adding a
+    run to the experiment at every call.
+    """
+    key = tracking.fingerprint({"selection": study.selection})
     tags = {
         "kind": "analysis",
+        "analysis_id": key,
         "analysed_runs": len(study.runs),
         "left_out_runs": len(study.left_out),
         **tracking.git_state(),
     }
-    run_id = store.client.create_run(study.experiment_id, run_name="analysis").info.run_id
+    earlier = tracking.find_runs(store, study.experiment_id, kind="analysis", analysis_id=key)
+    if earlier:
+        run_id = earlier[0].info.run_id
+        store.client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = store.client.create_run(study.experiment_id, run_name="analysis").info.run_id
     try:
         tracking.log_values(store, run_id, params=params, tags=tags)
         for path in files:

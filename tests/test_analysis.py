@@ -304,6 +304,10 @@ def test_the_analysis_run_is_logged_and_ignored_by_the_next_analysis(tmp_path, s
     assert (tmp_path / "a" / "summary.csv").read_text() == (
         tmp_path / "b" / "summary.csv"
     ).read_text()
+    assert second.run_id == first.run_id  # regenerating updates the selection's analysis run
+    assert len(client.search_runs([exp], "tags.kind = 'analysis'")) == 1
+    other = analyze(uri, EXPERIMENT, tmp_path / "c", filter_string="tags.model = 'plain'")
+    assert other.run_id != first.run_id
 
 
 def test_analyze_presets_name_their_experiment(compose_config):
