@@ -8,9 +8,11 @@ import os
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from hw3 import tracking
+from hw3.cli import exit_with
 
 log = logging.getLogger("hw3")
 
@@ -38,6 +40,14 @@ class MlflowSweep(Callback):
         self._open: tuple[tracking.Store, str, str] | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            self._open_sweep(config)
+        except (tracking.TrackingError, MlflowException) as err:
+            # Hydra would only warn about a callback's exception, then launch every job anyway.
+            exit_with(f"{str(err).splitlines()[0]} (the sweep launched no job)")
+
+    def _open_sweep(self, config: DictConfig) -> None:
+        """Open the store, the experiment and the parent run; hand their ids to the jobs."""
         store = tracking.connect(config.tracking.uri)
         name = config.tracking.experiment
         experiment = tracking.experiment_id(store, name)
@@ -48,7 +58,7 @@ class MlflowSweep(Callback):
             store.client.update_run(parent, status="RUNNING")
         else:
             tags = {"kind": "sweep", "sweep_id": sid, **tracking.git_state()}
-            tags["overrides"] = " ".join(config.hydra.overrides.task)
+            tags["overrides"] = tracking.redact(" ".join(config.hydra.overrides.task))
             parent = store.client.create_run(experiment, run_name=f"sweep-{sid[:8]}", tags=tags)
             parent = parent.info.run_id
         os.environ |= {
@@ -58,7 +68,8 @@ class MlflowSweep(Callback):
             tracking.ENV_PARENT: parent,
             tracking.ENV_SWEEP: sid,
         }
-        log.info("sweep %s: parent run %s in experiment %s at %s", sid, parent, name, store.uri)
+        where = tracking.redact(store.uri)
+        log.info("sweep %s: parent run %s in experiment %s at %s", sid, parent, name, where)
         self._open = (store, experiment, parent)
         atexit.register(self._close, completed=False)
 

@@ -6,6 +6,8 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
+from typing import NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, HydraException
@@ -41,13 +43,18 @@ def one_line(err: BaseException) -> str:
     return f"{text} {HINT}"
 
 
+def exit_with(message: str) -> NoReturn:
+    """Print `error: message` on stderr and exit 1 (SystemExit: no Hydra handler catches it)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(1)
+
+
 def fail(message: str) -> None:
     """End the current Hydra job as failed: a single run exits 1, a sweep job raises."""
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         log.error(message)
         raise JobFailed(message)
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(1)
+    exit_with(message)
 
 
 def main_with_one_line_errors(main: Callable[[], None]) -> None:
@@ -56,5 +63,11 @@ def main_with_one_line_errors(main: Callable[[], None]) -> None:
     try:
         main()
     except (HydraException, OmegaConfBaseException) as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        raise SystemExit(1) from None
+        exit_with(one_line(err))
+    except BrokenProcessPool as err:  # joblib's loky: a parallel sweep's worker process died
+        lines = str(err).splitlines() or [type(err).__name__]
+        why = next((line for line in lines if "exit code" in line), lines[0]).rstrip(".")
+        exit_with(
+            f"a sweep job's process died ({why}) and the sweep stopped; relaunch the same "
+            "command: FINISHED runs are skipped, the others resume from their last pass"
+        )

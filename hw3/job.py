@@ -66,10 +66,13 @@ def _record_failure(store: tracking.Store, run_id: str, err: BaseException) -> N
 
 
 def _log_artifacts(store: tracking.Store, run_id: str, hydra_dir: Path | None, ckpt: Path) -> None:
-    if hydra_dir is not None and hydra_dir.is_dir():
-        store.client.log_artifacts(run_id, str(hydra_dir), ".hydra")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
     with tempfile.TemporaryDirectory() as tmp:
+        if hydra_dir is not None and hydra_dir.is_dir():
+            (Path(tmp) / ".hydra").mkdir()
+            for src in hydra_dir.glob("*.yaml"):  # the URI in them may carry credentials
+                (Path(tmp) / ".hydra" / src.name).write_text(tracking.redact(src.read_text()))
+            store.client.log_artifacts(run_id, str(Path(tmp) / ".hydra"), ".hydra")
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
         path = Path(tmp) / "state_dict.pt"
         torch.save(state, path)
         store.client.log_artifact(run_id, str(path), "model")
@@ -108,8 +111,9 @@ def run_job(cfg: Config, *, overrides: list[str], hydra_dir: Path | None) -> str
     """
     try:
         validate(cfg)
-        store = tracking.connect(cfg.tracking.uri)
         sweep = Sweep.from_env(cfg.tracking.experiment)
+        # The sweep's launcher checked the store; its jobs ride out a server restart on retries.
+        store = tracking.connect(cfg.tracking.uri, probe=sweep.parent_run_id is None)
         experiment = sweep.experiment_id or tracking.experiment_id(store, cfg.tracking.experiment)
     except (ConfigError, tracking.TrackingError) as err:
         raise RunFailed(str(err)) from err
@@ -121,7 +125,7 @@ def run_job(cfg: Config, *, overrides: list[str], hydra_dir: Path | None) -> str
         "model": cfg.model.name,
         "seed": str(cfg.seed),
         "fingerprint": fp,
-        "overrides": " ".join(overrides),
+        "overrides": tracking.redact(" ".join(overrides)),
         "torch_version": torch.__version__,
         **tracking.git_state(),
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import urllib.error
 import urllib.request
@@ -12,6 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+# MLflow's telemetry thread, failing to reach its config server (offline), unsets an environment
+# variable while `requests` iterates os.environ, and the tracking-server call in flight then fails
+# with KeyError. So telemetry is off here unless asked for (MLFLOW_DISABLE_TELEMETRY=false).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -30,10 +36,16 @@ ENV_URI, ENV_EXPERIMENT, ENV_EXPERIMENT_ID = (
 )
 ENV_PARENT, ENV_SWEEP = "HW3_PARENT_RUN_ID", "HW3_SWEEP_ID"
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s'\"]+@")  # user:password@ in a URL
 
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be used as configured."""
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URL in it (user:password@) replaced by ***@."""
+    return _CREDENTIALS.sub("***@", text)
 
 
 @dataclass(frozen=True)
@@ -52,8 +64,9 @@ def resolve_uri(uri: str | None) -> str:
         return Path(uri).expanduser().resolve().as_uri()  # a plain folder: MLflow's file store
     if scheme.split("+")[0] not in SCHEMES:
         raise TrackingError(
-            f"unknown tracking URI scheme {scheme!r} in {uri!r}; use sqlite:///PATH/mlflow.db, "
-            "http://HOST:PORT or leave tracking.uri=null for the project store"
+            f"unknown tracking URI scheme {scheme!r} in {redact(uri)!r}; use "
+            "sqlite:///PATH/mlflow.db, http://HOST:PORT or leave tracking.uri=null "
+            "for the project store"
         )
     return uri
 
@@ -65,19 +78,29 @@ def _sqlite_path(uri: str) -> Path | None:
 
 
 def _check_reachable(uri: str) -> None:
+    parts = urlparse(uri)
+    host = parts.netloc.rpartition("@")[2]  # urllib takes user:password@ for part of the host
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S):
+        with urllib.request.urlopen(
+            f"{parts.scheme}://{host}{parts.path.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S
+        ):
             pass
+    except urllib.error.HTTPError:
+        return  # it answered, if only to ask for the credentials that MLflow's calls will send
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise TrackingError(
-            f"tracking server {uri} is unreachable ({reason}); start it with scripts/mlflow-server "
-            "or point tracking.uri elsewhere"
+            f"tracking server {redact(uri)} is unreachable ({reason}); start it with "
+            "scripts/mlflow-server or point tracking.uri elsewhere"
         ) from err
 
 
-def connect(uri: str | None) -> Store:
-    """Open the store (creating a SQLite store's folder and schema) or fail in one line."""
+def connect(uri: str | None, *, probe: bool = True) -> Store:
+    """Open the store (creating a SQLite store's folder and schema) or fail in one line.
+
+    `probe=False` skips the quick check that a server answers: calls then wait out a server
+    restart on MLflow's retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, …_BACKOFF_FACTOR).
+    """
     uri = resolve_uri(uri)
     if (db := _sqlite_path(uri)) is not None:
         try:
@@ -89,14 +112,14 @@ def connect(uri: str | None) -> Store:
                 f"cannot use the tracking store folder {db.parent} ({err}); "
                 "choose a writable one with tracking.uri=sqlite:///PATH/mlflow.db"
             ) from err
-    if urlparse(uri).scheme in ("http", "https"):
+    if probe and urlparse(uri).scheme in ("http", "https"):
         _check_reachable(uri)
     client = MlflowClient(uri)
     try:
         client.search_experiments(max_results=1)  # creates or migrates a database's schema
     except MlflowException as err:
         raise TrackingError(
-            f"cannot open tracking store {uri}: {err.message.splitlines()[0]}"
+            f"cannot open tracking store {redact(uri)}: {err.message.splitlines()[0]}"
         ) from err
     return Store(uri, client)
 

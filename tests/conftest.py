@@ -12,11 +12,27 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from hw3.config import PROJECT_ROOT, register
 
 register()
+
+METRICS = {
+    "train/loss",
+    "train/loss_running",
+    "train/acc",
+    "test/loss",
+    "test/acc",
+    "smoothness/L",
+    "smoothness/lr_max",
+    "smoothness/u_norm",
+    "smoothness/grad_norm",
+    "time/train_pass_s",
+    "time/smoothness_s",
+    "time/eval_s",
+}
 
 
 @pytest.fixture
@@ -60,15 +76,56 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("tiny"), 512, 256)
 
 
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a CLI subprocess: ours without $MLFLOW_TRACKING_URI, then `env`."""
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | (env or {})
+
+
 def run_cli(script: str, *args: str, env: dict[str, str] | None = None, timeout: int = 300):
     """Run `python <script> args…` from the project root; returns the CompletedProcess."""
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(
         [sys.executable, str(PROJECT_ROOT / script), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=full_env,
+        env=cli_env(env),
         cwd=PROJECT_ROOT,
     )
+
+
+def store_uri(where: Path | str) -> str:
+    """A tracking URI: `where` itself, or the SQLite store a test keeps in folder `where`."""
+    return f"sqlite:///{where / 'mlflow.db'}" if isinstance(where, Path) else where
+
+
+def job_args(
+    tmp: Path, root: Path, experiment: str, *extra: str, uri: str | None = None
+) -> list[str]:
+    """Overrides that keep everything a run writes inside `tmp` (its store too, unless `uri`)."""
+    return [
+        f"data.root={root}",
+        "data.verify=false",
+        "trainer.device=cpu",
+        f"trainer.checkpoint_dir={tmp / 'ckpt'}",
+        f"tracking.uri={uri or store_uri(tmp)}",
+        f"tracking.experiment={experiment}",
+        f"hydra.run.dir={tmp / 'outputs'}",
+        f"hydra.sweep.dir={tmp / 'multirun'}",
+        *extra,
+    ]
+
+
+def runs_of(where: Path | str, experiment: str, kind: str = "train") -> list:
+    """The runs of `kind` (train, sweep) in `experiment` of the store at `where`."""
+    client = MlflowClient(store_uri(where))
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], f"tags.kind = '{kind}'")
+
+
+def history_of(where: Path | str, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """Every metric of run `run_id` as its sorted (step, value) points."""
+    client = MlflowClient(store_uri(where))
+    keys = client.get_run(run_id).data.metrics
+    return {
+        k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys
+    }

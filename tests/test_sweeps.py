@@ -7,69 +7,24 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli, write_dataset
+from conftest import METRICS, history_of, job_args, run_cli, runs_of, write_dataset
 from mlflow.tracking import MlflowClient
 
 from hw3.config import PROJECT_ROOT
 
-METRICS = {
-    "train/loss",
-    "train/loss_running",
-    "train/acc",
-    "test/loss",
-    "test/acc",
-    "smoothness/L",
-    "smoothness/lr_max",
-    "smoothness/u_norm",
-    "smoothness/grad_norm",
-    "time/train_pass_s",
-    "time/smoothness_s",
-    "time/eval_s",
-}
-
-
-def _args(tmp: Path, root: Path, experiment: str, *extra: str) -> list[str]:
-    """Overrides that keep everything a run writes inside `tmp`."""
-    return [
-        f"data.root={root}",
-        "data.verify=false",
-        "trainer.device=cpu",
-        f"trainer.checkpoint_dir={tmp / 'ckpt'}",
-        f"tracking.uri=sqlite:///{tmp / 'mlflow.db'}",
-        f"tracking.experiment={experiment}",
-        f"hydra.run.dir={tmp / 'outputs'}",
-        f"hydra.sweep.dir={tmp / 'multirun'}",
-        *extra,
-    ]
-
-
-def _runs(tmp: Path, experiment: str, kind: str = "train") -> list:
-    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], f"tags.kind = '{kind}'")
-
-
-def _history(tmp: Path, run_id: str) -> dict[str, list[tuple[int, float]]]:
-    client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
-    keys = client.get_run(run_id).data.metrics
-    return {
-        k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys
-    }
-
 
 def test_sweep_logs_nested_runs_and_a_relaunch_skips_them(tmp_path, tiny_root):
     grid = ["model=plain,bn", "seed=0,1", "trainer.epochs=2"]
-    args = ["-m", *_args(tmp_path, tiny_root, "sweep", *grid)]
+    args = ["-m", *job_args(tmp_path, tiny_root, "sweep", *grid)]
     first = run_cli("run.py", *args)
     assert first.returncode == 0, first.stderr
 
-    (parent,) = _runs(tmp_path, "sweep", kind="sweep")
+    (parent,) = runs_of(tmp_path, "sweep", kind="sweep")
     assert parent.info.status == "FINISHED"
-    children = _runs(tmp_path, "sweep")
+    children = runs_of(tmp_path, "sweep")
     assert sorted(r.info.run_name for r in children) == [
         "bn-seed0", "bn-seed1", "plain-seed0", "plain-seed1",
     ]  # fmt: skip
@@ -84,7 +39,7 @@ def test_sweep_logs_nested_runs_and_a_relaunch_skips_them(tmp_path, tiny_root):
         assert {"git_commit", "git_dirty", "device", "torch_version", "fingerprint"} <= set(tags)
         assert params["optimizer.lr"] == "0.04" and params["trainer.epochs"] == "2"
         assert params["model.name"] == tags["model"] and "tracking.uri" not in params
-        history = _history(tmp_path, run.info.run_id)
+        history = history_of(tmp_path, run.info.run_id)
         assert set(history) == METRICS
         assert all([s for s, _ in points] == [1, 2] for points in history.values())
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -101,14 +56,14 @@ def test_sweep_logs_nested_runs_and_a_relaunch_skips_them(tmp_path, tiny_root):
     again = run_cli("run.py", *args)
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("skip ") + again.stderr.count("skip ") == 4
-    assert len(_runs(tmp_path, "sweep")) == 4
-    assert len(_runs(tmp_path, "sweep", kind="sweep")) == 1
+    assert len(runs_of(tmp_path, "sweep")) == 4
+    assert len(runs_of(tmp_path, "sweep", kind="sweep")) == 1
 
 
 @pytest.mark.slow
 def test_a_killed_job_resumes_in_the_same_run_with_identical_results(tmp_path):
     root = write_dataset(tmp_path / "data", 4000, 500)
-    args = _args(tmp_path, root, "resume", "trainer.epochs=3")
+    args = job_args(tmp_path, root, "resume", "trainer.epochs=3")
     job = subprocess.Popen(
         [sys.executable, str(PROJECT_ROOT / "run.py"), *args],
         stdout=subprocess.DEVNULL,
@@ -119,8 +74,8 @@ def test_a_killed_job_resumes_in_the_same_run_with_identical_results(tmp_path):
     try:
         # Kill as soon as pass 1 is logged; the checkpoint comes first, and only then is the
         # store's schema surely complete (opening it earlier would race its creation).
-        while (
-            not list(tmp_path.glob("ckpt/*/*.pt")) or not _runs(tmp_path, "resume")[0].data.metrics
+        while not (
+            list(tmp_path.glob("ckpt/*/*.pt")) and runs_of(tmp_path, "resume")[0].data.metrics
         ):
             assert job.poll() is None, "the job ended before it could be killed"
             assert time.monotonic() < deadline, "pass 1 never finished"
@@ -130,21 +85,21 @@ def test_a_killed_job_resumes_in_the_same_run_with_identical_results(tmp_path):
         if job.poll() is None:
             job.kill()
         job.wait(timeout=30)
-    (killed,) = _runs(tmp_path, "resume")
+    (killed,) = runs_of(tmp_path, "resume")
     assert killed.info.status == "RUNNING"
-    assert [s for s, _ in _history(tmp_path, killed.info.run_id)["test/acc"]] == [1]
+    assert [s for s, _ in history_of(tmp_path, killed.info.run_id)["test/acc"]] == [1]
 
     resumed = run_cli("run.py", *args)
     assert resumed.returncode == 0, resumed.stderr
-    (run,) = _runs(tmp_path, "resume")
+    (run,) = runs_of(tmp_path, "resume")
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
-    history = _history(tmp_path, run.info.run_id)
+    history = history_of(tmp_path, run.info.run_id)
     assert all([s for s, _ in points] == [1, 2, 3] for points in history.values())
 
-    straight = run_cli("run.py", *_args(tmp_path, root, "straight", "trainer.epochs=3"))
+    straight = run_cli("run.py", *job_args(tmp_path, root, "straight", "trainer.epochs=3"))
     assert straight.returncode == 0, straight.stderr
-    (reference,) = _runs(tmp_path, "straight")
-    expected = _history(tmp_path, reference.info.run_id)
+    (reference,) = runs_of(tmp_path, "straight")
+    expected = history_of(tmp_path, reference.info.run_id)
     for key in METRICS - {k for k in METRICS if k.startswith("time/")}:
         assert history[key] == expected[key], key
 
@@ -152,30 +107,30 @@ def test_a_killed_job_resumes_in_the_same_run_with_identical_results(tmp_path):
 def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, tiny_root):
     args = [
         "-m",
-        *_args(tmp_path, tiny_root, "faults", "optimizer.lr=0.04,1e5", "trainer.epochs=1"),
+        *job_args(tmp_path, tiny_root, "faults", "optimizer.lr=0.04,1e5", "trainer.epochs=1"),
     ]
     result = run_cli("run.py", *args)
     assert result.returncode != 0
-    runs = {r.data.params["optimizer.lr"]: r for r in _runs(tmp_path, "faults")}
+    runs = {r.data.params["optimizer.lr"]: r for r in runs_of(tmp_path, "faults")}
     assert runs["0.04"].info.status == "FINISHED"
     diverged = runs["100000.0"]
     assert diverged.info.status == "FAILED"
     assert diverged.data.tags["diverged"] == "true" and diverged.data.tags["diverged_pass"] == "1"
     assert "non-finite loss at pass 1" in diverged.data.tags["error"]
-    (parent,) = _runs(tmp_path, "faults", kind="sweep")
+    (parent,) = runs_of(tmp_path, "faults", kind="sweep")
     assert parent.info.status == "FAILED"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_failing_single_run_exits_with_one_line_and_is_marked_failed(tmp_path, tiny_root):
-    result = run_cli("run.py", *_args(tmp_path, tiny_root, "single", "trainer.device=cuda"))
+    result = run_cli("run.py", *job_args(tmp_path, tiny_root, "single", "trainer.device=cuda"))
     assert result.returncode == 1
     (error,) = [line for line in result.stderr.splitlines() if "FAILED" in line]
     assert error == (
         "error: plain-seed0 FAILED: trainer.device=cuda but no CUDA GPU is visible; "
         "use trainer.device=cpu"
     )
-    (run,) = _runs(tmp_path, "single")
+    (run,) = runs_of(tmp_path, "single")
     assert run.info.status == "FAILED" and "CUDA" in run.data.tags["error"]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert "error.txt" in {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -1,0 +1,121 @@
+"""Bad input through the CLI: one `error:` line naming the problem and the fix, a non-zero exit,
+and the store's earlier runs untouched (no other store used instead)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import job_args, run_cli, store_uri
+from mlflow.tracking import MlflowClient
+
+from hw3 import tracking
+
+pytestmark = pytest.mark.slow  # a dozen CLI runs: about a minute on two cores
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad invocation and what its error line must say."""
+
+    overrides: tuple[str, ...]
+    says: tuple[str, ...]  # fragments of the one error line: the problem, then the fix
+    uri: str | None = None  # a bad store instead of the case's own; {tmp} is the case's folder
+    sweep: bool = False  # launched with -m
+    data: str = "tiny"  # tiny | truncated
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+HINT = "python run.py --help"
+UNREACHABLE = f"http://127.0.0.1:{closed_port()}"
+CASES = {
+    "typo": Case(("trainer.epoch=3",), ("Key 'epoch' not in 'TrainerConfig'", HINT)),
+    "wrong_type": Case(("trainer.epochs=abc",), ("trainer.epochs=abc", "Integer", HINT)),
+    "out_of_range": Case(("optimizer.lr=-1",), ("optimizer.lr=-1.0", "> 0", "optimizer.lr=")),
+    "unknown_model": Case(("model=resnet",), ("model/resnet", "bn, plain, stride", HINT)),
+    "truncated_file": Case(
+        (), ("train-images-idx3-ubyte", "truncated", "place the official files"), data="truncated"
+    ),
+    "store_under_a_file": Case(
+        (), ("a_file", "tracking.uri=sqlite:///PATH"), uri="sqlite:///{tmp}/a_file/mlflow.db"
+    ),
+    "unknown_scheme": Case((), ("'foo'", "use sqlite:///PATH/mlflow.db"), uri="foo://x"),
+    "unreachable_server": Case((), ("unreachable", "scripts/mlflow-server"), uri=UNREACHABLE),
+    "unreachable_server_sweep": Case(
+        ("model=plain,bn",), ("unreachable", "scripts/mlflow-server", "no job"), UNREACHABLE, True
+    ),
+}
+
+
+def snapshot(uri: str) -> dict[str, tuple]:
+    """Every run of the store: status, params, tags and metric histories, by run id."""
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = {}
+    for run in client.search_runs(experiments):
+        run_id, data = run.info.run_id, run.data
+        history = {k: client.get_metric_history(run_id, k) for k in data.metrics}
+        points = {k: [(m.step, m.value) for m in ms] for k, ms in history.items()}
+        runs[run_id] = (run.info.status, data.params, data.tags, points)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> dict:
+    """Every case run at once, each on its own copy of a store holding one FINISHED run."""
+    template = tmp_path_factory.mktemp("template")
+    store = tracking.connect(store_uri(template))
+    experiment = tracking.experiment_id(store, "bad")
+    run = store.client.create_run(experiment, tags={"kind": "train"}, run_name="earlier")
+    tracking.log_values(store, run.info.run_id, metrics={"test/acc": 0.5}, step=1)
+    tracking.log_values(store, run.info.run_id, params={"seed": 0}, tags={"model": "plain"})
+    store.client.set_terminated(run.info.run_id, "FINISHED")
+
+    truncated = tmp_path_factory.mktemp("truncated")
+    shutil.copytree(tiny_root, truncated, dirs_exist_ok=True)
+    images = truncated / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:5000])
+
+    def run(name: str) -> tuple:
+        case, tmp = CASES[name], tmp_path_factory.mktemp(name)
+        shutil.copy(template / "mlflow.db", tmp / "mlflow.db")
+        (tmp / "a_file").touch()
+        uri = case.uri and case.uri.format(tmp=tmp)
+        root = truncated if case.data == "truncated" else tiny_root
+        args = job_args(tmp, root, "bad", "trainer.epochs=1", *case.overrides, uri=uri)
+        # Were the bad store ignored, $MLFLOW_TRACKING_URI would be the next in line.
+        env = {"MLFLOW_TRACKING_URI": store_uri(tmp)}
+        result = run_cli("run.py", *(["-m"] if case.sweep else []), *args, env=env, timeout=180)
+        return tmp, result
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = dict(zip(CASES, pool.map(run, CASES), strict=True))
+    return {"before": snapshot(store_uri(template)), **results}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input_is_one_line_and_leaves_the_store_intact(outcomes, name):
+    case, (tmp, result) = CASES[name], outcomes[name]
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    for fragment in case.says:
+        assert fragment in errors[0], errors[0]
+    assert "Traceback" not in result.stderr
+
+    before, after = outcomes["before"], snapshot(store_uri(tmp))
+    assert {k: after[k] for k in before} == before
+    new = [status for run_id, (status, *_) in after.items() if run_id not in before]
+    assert new == (["FAILED"] if case.data == "truncated" else [])
+    if case.sweep:
+        assert not (tmp / "multirun" / "0").exists()  # no job was launched

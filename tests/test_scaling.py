@@ -1,0 +1,368 @@
+"""Scaling out without losing anything: parallel jobs, a real tracking server that restarts, a
+job killed mid-sweep; and what must never be recorded or exposed."""
+
+from __future__ import annotations
+
+import ast
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from conftest import METRICS, cli_env, history_of, job_args, run_cli, runs_of, store_uri
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from hw3 import tracking
+from hw3.config import PROJECT_ROOT
+
+T = TypeVar("T")
+EPOCHS = 3
+PARALLEL = [
+    "hydra/launcher=parallel",
+    "hydra.launcher.n_jobs=4",
+    "model=plain,bn",
+    "seed=0,1",
+    f"trainer.epochs={EPOCHS}",
+]
+CONFIGS = ["bn-seed0", "bn-seed1", "plain-seed0", "plain-seed1"]
+WAIT_S = 300  # the longest any one step of these tests may wait
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, probe: Callable[[], T], proc: subprocess.Popen | None = None) -> T:
+    """Poll `probe` until it returns something truthy; fail naming `what` if `proc` ends first.
+
+    A probe that raises (a store not created yet, a server restarting) counts as not yet.
+    """
+    deadline, last = time.monotonic() + WAIT_S, None
+    while True:
+        try:
+            if result := probe():
+                return result
+        except Exception as err:
+            last = err
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"{what}: the process ended first (exit {proc.returncode}; {last!r})")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {WAIT_S} s ({last!r})")
+        time.sleep(0.25)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Kill `proc` and its process group (a launcher's workers, a server's), then reap it."""
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@contextmanager
+def launched(
+    args: list[str], tmp: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
+    """`python run.py args` in its own process group, output in tmp/launcher.{out,err}."""
+    with open(tmp / "launcher.out", "w") as out, open(tmp / "launcher.err", "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(PROJECT_ROOT / "run.py"), *args],
+            stdout=out,
+            stderr=err,
+            cwd=PROJECT_ROOT,
+            env=cli_env(env),
+            start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+class Server:
+    """A real `mlflow server` on 127.0.0.1 over a SQLite store in `tmp`, stopped and restarted."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp, self.port = tmp, free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Start it and wait until GET /health answers."""
+        command = [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.tmp / 'server.db'}",
+            "--artifacts-destination",
+            str(self.tmp / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
+        # Its job-execution feature would start seven more processes on a 2-core machine.
+        env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        with open(self.tmp / "server.log", "a") as log:
+            self.proc = subprocess.Popen(
+                command, stdout=log, stderr=log, env=env, start_new_session=True
+            )
+        try:
+            wait_for("the tracking server to answer /health", self._healthy, self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _healthy(self) -> bool:
+        with urllib.request.urlopen(f"http://{self.address}/health", timeout=2):
+            return True
+
+    def stop(self) -> None:
+        """Kill it, as a crash would."""
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
+
+    def hang_up_on_a_caller(self, sweep: subprocess.Popen) -> None:
+        """While it is down, take its port until a job calls, and hang up on that request."""
+        with socket.socket() as listener:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", self.port))
+            listener.listen()
+            listener.settimeout(0.5)
+
+            def accept() -> socket.socket | None:
+                with suppress(TimeoutError):
+                    return listener.accept()[0]
+                return None
+
+            wait_for("a job to call the stopped server", accept, sweep).close()
+
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def assert_complete(where: Path | str, experiment: str) -> dict[str, Run]:
+    """The sweep's four runs, FINISHED under its one FINISHED parent, every metric logged at
+    passes 1..EPOCHS exactly once, and nothing in the Default experiment; by run name."""
+    (parent,) = runs_of(where, experiment, kind="sweep")
+    assert parent.info.status == "FINISHED"
+    runs = runs_of(where, experiment)
+    assert sorted(r.info.run_name for r in runs) == CONFIGS
+    for run in runs:
+        assert run.info.status == "FINISHED", run.info.run_name
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        history = history_of(where, run.info.run_id)
+        assert set(history) == METRICS
+        for key, points in history.items():
+            assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), (run.info.run_name, key)
+    assert MlflowClient(store_uri(where)).search_runs(["0"]) == []
+    return {r.info.run_name: r for r in runs}
+
+
+def points_logged(where: Path | str, experiment: str) -> int:
+    """How many metric points the experiment's training runs hold."""
+    return sum(
+        len(points)
+        for run in runs_of(where, experiment)
+        for points in history_of(where, run.info.run_id).values()
+    )
+
+
+@pytest.mark.slow
+def test_four_parallel_jobs_on_sqlite_lose_nothing(tmp_path, tiny_root):
+    result = run_cli("run.py", "-m", *job_args(tmp_path, tiny_root, "parallel", *PARALLEL))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_complete(tmp_path, "parallel")
+
+
+@pytest.mark.slow
+def test_parallel_jobs_ride_out_server_restarts_and_record_no_credentials(tmp_path, tiny_root):
+    with Server(tmp_path) as server:
+        uri = f"http://user:secret@{server.address}"  # MLflow sends them; nothing may keep them
+        args = ["-m", *job_args(tmp_path, tiny_root, "served", *PARALLEL, uri=uri)]
+        plain = f"http://{server.address}"
+        with launched(args, tmp_path, {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}) as sweep:
+            # Down once while the jobs start (their first calls), once while they log passes.
+            wait_for("the sweep's parent run", lambda: runs_of(plain, "served", "sweep"), sweep)
+            server.stop()
+            server.hang_up_on_a_caller(sweep)
+            server.start()
+            wait_for(
+                "a first pass logged",
+                lambda: any(r.data.metrics for r in runs_of(plain, "served")),
+                sweep,
+            )
+            logged_before = points_logged(plain, "served")
+            server.stop()
+            server.hang_up_on_a_caller(sweep)
+            server.start()
+            returncode = sweep.wait(timeout=WAIT_S)
+        assert returncode == 0, (tmp_path / "launcher.err").read_text()[-3000:]
+        assert logged_before < len(CONFIGS) * len(METRICS) * EPOCHS  # the restart was mid-sweep
+        runs = assert_complete(plain, "served")
+
+        client = MlflowClient(plain)
+        (parent,) = runs_of(plain, "served", kind="sweep")
+        for run in [*runs.values(), parent]:
+            recorded = [*run.data.params.values(), *run.data.tags.values()]
+            assert not [v for v in recorded if "secret" in v], run.info.run_name
+        for run in runs.values():
+            assert {".hydra", "model"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+            hydra = Path(client.download_artifacts(run.info.run_id, ".hydra", str(tmp_path)))
+            assert {p.name for p in hydra.iterdir()} >= {"config.yaml", "overrides.yaml"}
+            assert not [p.name for p in hydra.iterdir() if "secret" in p.read_text()]
+            assert "***@" in (hydra / "overrides.yaml").read_text()
+
+        # What a retry after a lost response does: the pass's batch again, same timestamp.
+        run_id = runs["plain-seed0"].info.run_id
+        before = history_of(plain, run_id)
+        first = {k: client.get_metric_history(run_id, k)[0] for k in METRICS}
+        (stamp,) = {m.timestamp for m in first.values()}  # one timestamp for a pass's batch
+        metrics = {k: m.value for k, m in first.items()}
+        store = tracking.Store(plain, client)
+        tracking.log_values(store, run_id, metrics=metrics, step=1, timestamp_ms=stamp)
+        assert history_of(plain, run_id) == before
+
+
+@pytest.mark.slow
+def test_a_job_killed_in_a_parallel_sweep_is_resumed_by_the_relaunch(tmp_path, tiny_root):
+    args = ["-m", *job_args(tmp_path, tiny_root, "killed", *PARALLEL)]
+
+    def logged_pass() -> Run | None:
+        # A checkpoint exists only after a pass, when the store's schema is surely complete.
+        if not list(tmp_path.glob("ckpt/*/*.pt")):
+            return None
+        runs = runs_of(tmp_path, "killed")
+        return next((r for r in runs if r.data.metrics and "pid" in r.data.tags), None)
+
+    pids: list[int] = []
+    try:
+        with launched(args, tmp_path) as sweep:
+            victim = wait_for("a job to log its first pass", logged_pass, sweep)
+            assert victim.data.tags["host"] == socket.gethostname()
+            os.kill(int(victim.data.tags["pid"]), signal.SIGKILL)
+            returncode = sweep.wait(timeout=WAIT_S)
+        runs = runs_of(tmp_path, "killed")
+        pids = [int(r.data.tags["pid"]) for r in runs if "pid" in r.data.tags]
+        # No job of the aborted sweep may go on logging beside the relaunch's.
+        wait_for("the aborted sweep's jobs to be gone", lambda: not any(map(alive, pids)))
+    finally:
+        for pid in filter(alive, pids):
+            os.kill(pid, signal.SIGKILL)
+
+    assert returncode != 0
+    err = (tmp_path / "launcher.err").read_text()
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert "process died" in line and "relaunch the same command" in line
+    assert "Traceback" not in err
+    (parent,) = runs_of(tmp_path, "killed", kind="sweep")
+    assert parent.info.status == "FAILED"
+    killed = next(r for r in runs if r.info.run_id == victim.info.run_id)
+    assert killed.info.status == "RUNNING"  # as the kill left it: nothing ran to close it
+    assert len(history_of(tmp_path, killed.info.run_id)["test/acc"]) < EPOCHS
+
+    relaunch = run_cli("run.py", *args)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    runs = assert_complete(tmp_path, "killed")
+    assert runs[victim.info.run_name].info.run_id == victim.info.run_id
+
+
+def test_every_torch_load_is_weights_only():
+    calls = []
+    for path in [*(PROJECT_ROOT / "hw3").glob("*.py"), *PROJECT_ROOT.glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            func = getattr(node, "func", None)
+            if isinstance(func, ast.Attribute) and ast.unparse(func) == "torch.load":
+                calls.append((path.name, node))
+    assert {name for name, _ in calls} >= {"job.py", "train.py"}  # the checkpoint readers
+    for name, call in calls:
+        kwargs = {k.arg: k.value for k in call.keywords}
+        assert getattr(kwargs.get("weights_only"), "value", None) is True, name
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("http://user:secret@127.0.0.1:5000", "http://***@127.0.0.1:5000"),
+        ("tracking.uri=https://token@host/path", "tracking.uri=https://***@host/path"),
+        (r"uri=http\://user\:secret@127.0.0.1\:5000", r"uri=http\://***@127.0.0.1\:5000"),
+        ("sqlite:////tmp/a@b/mlflow.db model=bn", "sqlite:////tmp/a@b/mlflow.db model=bn"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ],
+)
+def test_credentials_in_uris_are_redacted(text, expected):
+    assert tracking.redact(text) == expected
+
+
+def test_mlflow_telemetry_is_off_in_the_jobs(tmp_path):
+    # Outside pytest and CI (which MLflow detects), only hw3 turns it off.
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": str(PROJECT_ROOT)}
+    code = (
+        "import hw3.tracking; from mlflow.telemetry.utils import is_telemetry_disabled; "
+        "print(is_telemetry_disabled())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.stdout.strip() == "True", result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(("host", "bound"), [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")])
+def test_the_server_script_binds_to_loopback_unless_host_is_set(tmp_path, host, bound):
+    # The real scripts in a stand-in project, with a venv whose pip does nothing and whose
+    # mlflow prints its arguments.
+    project = tmp_path / "project"
+    (project / "scripts").mkdir(parents=True)
+    for name in ("scripts/mlflow-server", "scripts/setup", "pyproject.toml"):
+        (project / name).write_bytes((PROJECT_ROOT / name).read_bytes())
+    (project / "data" / "FashionMNIST" / "raw").mkdir(parents=True)  # no data set-up
+    venv = tmp_path / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text(
+        f'#!/bin/sh\n[ "$1 $2" = "-m pip" ] && exit 0\nexec {sys.executable} "$@"\n'
+    )
+    (venv / "mlflow").write_text('#!/bin/sh\necho "$@"\n')
+    for exe in (venv / "python", venv / "mlflow"):
+        exe.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HW3_VENV": str(venv.parent)}
+    if host is not None:
+        env["HOST"] = host
+    result = subprocess.run(
+        ["bash", str(project / "scripts" / "mlflow-server")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    args = result.stdout.split()
+    assert args[0] == "server"
+    assert args[args.index("--host") + 1] == bound and args[args.index("--port") + 1] == "5000"
+    store = f"sqlite:///{project}/mlruns/mlflow.db"
+    assert args[args.index("--backend-store-uri") + 1] == store
