@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from hw3.data import FashionMNIST
-from hw3.device import ieee_fp32, resolve_device, synchronize
+from hw3.device import ieee_fp32, resolve_device, reuse_cpu_memory, synchronize
 from hw3.evaluation import eval_mode, full_pass
 from hw3.models import build_model
 from hw3.smoothness import effective_smoothness
@@ -82,6 +82,8 @@ def train(
     last pass, first replaying the finished passes' metrics to `on_pass_end`.
     """
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        reuse_cpu_memory()
     checkpoint = None if checkpoint is None else Path(checkpoint)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "init"))
