@@ -35,8 +35,6 @@ ENV_URI, ENV_EXPERIMENT, ENV_EXPERIMENT_ID = (
     "HW3_EXPERIMENT_ID",
 )
 ENV_PARENT, ENV_SWEEP = "HW3_PARENT_RUN_ID", "HW3_SWEEP_ID"
-# The MLflow UI then opens an experiment on its training-runs table, not its GenAI overview.
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s'\"]+@")  # user:password@ in a URL
 
 
@@ -148,9 +146,7 @@ def experiment_id(store: Store, name: str) -> str:
     experiment = store.client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return store.client.create_experiment(
-                name, artifact_location(store.uri, name), tags=EXPERIMENT_TAGS
-            )
+            return store.client.create_experiment(name, artifact_location(store.uri, name))
         except MlflowException:
             experiment = store.client.get_experiment_by_name(name)
             if experiment is None:
