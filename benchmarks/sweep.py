@@ -11,46 +11,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+from speed import load_data, run_hw3  # benchmarks/ is on sys.path when run as a script
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))  # hw3 need not be installed
-
-from hw3.data import load_fashion_mnist  # noqa: E402
-from hw3.train import train  # noqa: E402
-
+CHUNK_SIZE = 10_000  # conf/trainer/default.yaml
 GRID = [(model, seed) for model in ("plain", "bn") for seed in range(5)]  # experiment=batchnorm
 
 
 def job(model: str, seed: int, args: argparse.Namespace) -> float:
     """One sweep job as run.py does it: load the data, train; returns its test accuracy."""
-    data = load_fashion_mnist(
-        args.data_root,
-        normalize=True,
-        mean=None,
-        std=None,
-        train_size=args.train_size,
-        test_size=None,
-        download=False,
-    )
-    history = train(
-        data,
-        model=model,
-        lr=0.04,
-        momentum=0.0,
-        weight_decay=0.0,
-        epochs=args.passes,
-        batch_size=32,
-        seed=seed,
-        device=args.device,
-        smoothness=True,
-        chunk_size=10_000,
-        cuda_graphs=True,
-    )
+    data = load_data(args.data_root, args.train_size)
+    history = run_hw3(data, model, seed, args.passes, args.device, CHUNK_SIZE)
     return history[-1]["test/acc"]
 
 
