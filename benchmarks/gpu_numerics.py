@@ -20,14 +20,14 @@ from torch import nn
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))  # hw3 need not be installed
 
-from hw3.data import FashionMNIST, Split, load_fashion_mnist  # noqa: E402
+from speed import BATCH_SIZE, LR, load_data, run_hw3  # noqa: E402  (benchmarks/ is on sys.path)
+
+from hw3.data import FashionMNIST, Split  # noqa: E402
 from hw3.device import DeviceError, resolve_device  # noqa: E402
 from hw3.models import MODELS, build_model  # noqa: E402
 from hw3.smoothness import effective_smoothness  # noqa: E402
-from hw3.train import Metrics, derive_seed, train  # noqa: E402
+from hw3.train import Metrics, derive_seed  # noqa: E402
 
-LR = 0.04  # conf/optimizer/sgd.yaml
-BATCH_SIZE = 32  # conf/trainer/default.yaml
 SMOOTHNESS_SIZE = 4000  # examples in the float64 comparison
 SMOOTHNESS_RTOL = 1e-3  # allowed relative error of float32 L̂ against float64
 DETERMINISM_SIZE = 10_000  # not a multiple of 32: the last batch of a pass is partial (eager)
@@ -85,20 +85,7 @@ def smoothness_check(name: str, data: FashionMNIST, device: torch.device, seed: 
 def _run(
     name: str, data: FashionMNIST, device: torch.device, seed: int, graphs: bool
 ) -> list[Metrics]:
-    history = train(
-        data,
-        model=name,
-        lr=LR,
-        momentum=0.0,
-        weight_decay=0.0,
-        epochs=DETERMINISM_PASSES,
-        batch_size=BATCH_SIZE,
-        seed=seed,
-        device=device.type,
-        smoothness=True,
-        chunk_size=10_000,
-        cuda_graphs=graphs,
-    )
+    history = run_hw3(data, name, seed, DETERMINISM_PASSES, device.type, 10_000, graphs)
     return [{k: v for k, v in m.items() if not k.startswith("time/")} for m in history]
 
 
@@ -143,15 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     except DeviceError as err:
         print(f"gpu_numerics.py: {err}", file=sys.stderr)
         return 2
-    data = load_fashion_mnist(
-        args.data_root,
-        normalize=True,
-        mean=None,
-        std=None,
-        train_size=DETERMINISM_SIZE,
-        test_size=None,
-        download=False,
-    )
+    data = load_data(args.data_root, DETERMINISM_SIZE)
     ok = True
     for name in args.models.split(","):
         for check in (smoothness_check, determinism_check):

@@ -182,7 +182,13 @@ def load_data(root: str | Path, train_size: int | None) -> FashionMNIST:
 
 
 def run_hw3(
-    data: FashionMNIST, model: str, seed: int, passes: int, device: str, chunk_size: int
+    data: FashionMNIST,
+    model: str,
+    seed: int,
+    passes: int,
+    device: str,
+    chunk_size: int,
+    cuda_graphs: bool = True,
 ) -> list[Metrics]:
     """hw3's engine with the default configuration's settings."""
     return train(
@@ -197,7 +203,7 @@ def run_hw3(
         device=device,
         smoothness=True,
         chunk_size=chunk_size,
-        cuda_graphs=True,
+        cuda_graphs=cuda_graphs,
     )
 
 
