@@ -20,7 +20,7 @@ from torch import nn
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))  # hw3 need not be installed
 
-from speed import BATCH_SIZE, LR, load_data, run_hw3  # noqa: E402  (benchmarks/ is on sys.path)
+from speed import BATCH_SIZE, CHUNK_SIZE, LR, load_data, run_hw3  # noqa: E402  (benchmarks/ is on sys.path)
 
 from hw3.data import FashionMNIST, Split  # noqa: E402
 from hw3.device import DeviceError, resolve_device  # noqa: E402
@@ -85,7 +85,7 @@ def smoothness_check(name: str, data: FashionMNIST, device: torch.device, seed: 
 def _run(
     name: str, data: FashionMNIST, device: torch.device, seed: int, graphs: bool
 ) -> list[Metrics]:
-    history = run_hw3(data, name, seed, DETERMINISM_PASSES, device.type, 10_000, graphs)
+    history = run_hw3(data, name, seed, DETERMINISM_PASSES, device.type, CHUNK_SIZE, graphs)
     return [{k: v for k, v in m.items() if not k.startswith("time/")} for m in history]
 
 

@@ -34,6 +34,7 @@ from hw3.train import Metrics, derive_seed, train  # noqa: E402
 
 LR = 0.04  # conf/optimizer/sgd.yaml (momentum and weight decay 0)
 BATCH_SIZE = 32  # conf/trainer/default.yaml
+CHUNK_SIZE = 10_000  # conf/trainer/default.yaml
 TIMES = ("train_pass_s", "smoothness_s", "eval_s")
 COMPARED = ("train/loss_running", "train/loss", "train/acc", "smoothness/L", "test/loss")
 
@@ -271,7 +272,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the reference's DataLoader batch for full passes (default: the training batch)",
     )
     p.add_argument("--train-size", type=int, default=None, help="first N examples; default all")
-    p.add_argument("--chunk-size", type=int, default=10_000, help="hw3's trainer.chunk_size")
+    p.add_argument("--chunk-size", type=int, default=CHUNK_SIZE, help="hw3's trainer.chunk_size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", type=Path, default=PROJECT_ROOT / "data")
     args = p.parse_args(argv)

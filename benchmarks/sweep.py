@@ -16,10 +16,9 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from speed import load_data, run_hw3  # benchmarks/ is on sys.path when run as a script
+from speed import CHUNK_SIZE, load_data, run_hw3  # benchmarks/ is on sys.path when run as a script
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CHUNK_SIZE = 10_000  # conf/trainer/default.yaml
 GRID = [(model, seed) for model in ("plain", "bn") for seed in range(5)]  # experiment=batchnorm
 
 

@@ -62,7 +62,6 @@ class MlflowSweep(Callback):
             parent = store.client.create_run(experiment, run_name=f"sweep-{sid[:8]}", tags=tags)
             parent = parent.info.run_id
         os.environ |= {
-            tracking.ENV_URI: store.uri,
             tracking.ENV_EXPERIMENT: name,
             tracking.ENV_EXPERIMENT_ID: experiment,
             tracking.ENV_PARENT: parent,

@@ -41,7 +41,7 @@ def effective_smoothness(
     y: torch.Tensor,
     batch_idx: torch.Tensor,
     lr: float,
-    chunk_size: int = 10_000,
+    chunk_size: int,
 ) -> Smoothness:
     """Measure L̂ at the current weights w with u = −lr·∇(minibatch loss), leaving `model` as is.
 

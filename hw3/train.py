@@ -134,8 +134,7 @@ def train(
                     "smoothness/lr_max": 1 / s.L if s.L > 0 else math.inf,
                     "smoothness/u_norm": s.u_norm,
                     "smoothness/grad_norm": s.grad_norm,
-                }
-                synchronize(dev)
+                }  # its results are host floats: the GPU is done by now
             smoothness_s = time.perf_counter() - started
 
             # Evaluation in eval mode: the test split, and the training split if not yet done.
