@@ -7,6 +7,8 @@ from itertools import pairwise
 import torch
 from torch import nn
 
+from hw3.pooling import MaxPool2d
+
 INPUT_SHAPE = (1, 28, 28)  # one FashionMNIST image: channels, height, width
 CHANNELS = (16, 32)  # output channels of the two convolutions
 KERNEL, PADDING, POOL = 5, 2, 2
@@ -17,7 +19,7 @@ MODELS = ("plain", "bn", "stride")
 def _block(c_in: int, c_out: int, *, pool: bool, bn: bool, stride: int = 1) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, KERNEL, stride, PADDING), nn.ReLU()]
     if pool:
-        layers.append(nn.MaxPool2d(POOL))
+        layers.append(MaxPool2d(POOL))
     if bn:
         layers.append(nn.BatchNorm2d(c_out))
     return nn.Sequential(*layers)
