@@ -1,7 +1,9 @@
 """Seconds per pass: a straightforward DataLoader loop against hw3's engine, in one process.
 
 Both start from the same weights and see the minibatches in the same order, so their metrics
-should agree to float rounding. Needs torch and torchvision only (no Hydra, no MLflow).
+should agree to float rounding. With --rounds, both run again in alternating order and `ratio`
+is the median of the rounds' ratios: this machine's speed drifts. Needs torch and torchvision
+only (no Hydra, no MLflow).
 
     python benchmarks/speed.py --device cpu --model plain --passes 1 --train-size 5000
 """
@@ -13,9 +15,11 @@ import copy
 import json
 import math
 import resource
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
+from itertools import chain
 from pathlib import Path
 
 import torch
@@ -28,7 +32,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))  # hw3 need not be installed
 
 from hw3.data import DataError, FashionMNIST, load_fashion_mnist  # noqa: E402
-from hw3.device import DeviceError, ieee_fp32, resolve_device, synchronize  # noqa: E402
+from hw3.device import DeviceError, ieee_fp32, resolve_device, reuse_cpu_memory, synchronize  # noqa: E402
 from hw3.models import INPUT_SHAPE, MODELS, build_model  # noqa: E402
 from hw3.train import Metrics, derive_seed, train  # noqa: E402
 
@@ -249,13 +253,13 @@ def measured(
 
 def print_table(runs: dict[str, list[Metrics]]) -> None:
     """One row per pass of each implementation, then the means."""
-    print(f"{'':10} {'pass':>4} " + " ".join(f"{t:>13}" for t in (*TIMES, "pass_s")))
+    print(f"{'':12} {'pass':>4} " + " ".join(f"{t:>13}" for t in (*TIMES, "pass_s")))
     for name, history in runs.items():
         for i, m in enumerate(history, start=1):
             times = [m[f"time/{t}"] for t in TIMES]
-            print(f"{name:10} {i:4d} " + " ".join(f"{s:13.2f}" for s in (*times, sum(times))))
+            print(f"{name:12} {i:4d} " + " ".join(f"{s:13.2f}" for s in (*times, sum(times))))
         mean = summary(history)
-        print(f"{name:10} {'mean':>4} " + " ".join(f"{mean[t]:13.2f}" for t in (*TIMES, "pass_s")))
+        print(f"{name:12} {'mean':>4} " + " ".join(f"{mean[t]:13.2f}" for t in (*TIMES, "pass_s")))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -274,12 +278,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-size", type=int, default=None, help="first N examples; default all")
     p.add_argument("--chunk-size", type=int, default=CHUNK_SIZE, help="hw3's trainer.chunk_size")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=1, help="runs of both loops, in alternating order")
     p.add_argument("--data-root", type=Path, default=PROJECT_ROOT / "data")
     args = p.parse_args(argv)
     if args.reference_passes is None:
         args.reference_passes = args.passes
-    if min(args.passes, args.reference_passes, args.reference_eval_batch) < 1:
-        p.error("--passes, --reference-passes and --reference-eval-batch must be >= 1")
+    if min(args.passes, args.reference_passes, args.reference_eval_batch, args.rounds) < 1:
+        p.error("--passes, --reference-passes, --reference-eval-batch and --rounds must be >= 1")
     return args
 
 
@@ -306,14 +311,32 @@ def main(argv: list[str] | None = None) -> int:
     loaded = {"rss_peak_mib": round(peak_rss_mib(), 1)}
     rss_per_run = reset_peak_rss()
     warm_up(device, args.model)
-    # The reference first: hw3 changes process-wide settings (reuse_cpu_memory).
-    ref, ref_peaks = measured(device, lambda: run_reference(args.data_root, data, args, device))
-    hw3, hw3_peaks = measured(
-        device,
-        lambda: run_hw3(data, args.model, args.seed, args.passes, args.device, args.chunk_size),
-    )
-    print_table({"reference": ref, "hw3": hw3})
-    ref_s, hw3_s = summary(ref), summary(hw3)
+    if device.type == "cpu":
+        # hw3 sets this process-wide on its first run; set now, both loops run alike in every
+        # round (the reference allocates no block large enough for it to matter).
+        reuse_cpu_memory()
+    runners = {
+        "reference": lambda: run_reference(args.data_root, data, args, device),
+        "hw3": lambda: run_hw3(
+            data, args.model, args.seed, args.passes, args.device, args.chunk_size
+        ),
+    }
+    runs: dict[str, list[list[Metrics]]] = {name: [] for name in runners}
+    peaks: dict[str, dict[str, float]] = {}
+    for r in range(args.rounds):
+        # Alternating order, so that a machine that speeds up or slows down favours neither.
+        for name in reversed(runners) if r % 2 else runners:
+            history, peak = measured(device, runners[name])
+            runs[name].append(history)
+            # Round 1 only: afterwards RSS starts high, as glibc keeps what hw3 freed.
+            peaks.setdefault(name, peak)
+    print_table({f"{name} {r + 1}": h for name, hs in runs.items() for r, h in enumerate(hs)})
+    means = {name: [summary(h) for h in hs] for name, hs in runs.items()}
+    ratios = [
+        ref["pass_s"] / ours["pass_s"]
+        for ref, ours in zip(means["reference"], means["hw3"], strict=True)
+    ]
+    ref_s, hw3_s = (summary(list(chain.from_iterable(runs[name]))) for name in runners)
     result = {
         "device": device.type,
         "model": args.model,
@@ -322,14 +345,19 @@ def main(argv: list[str] | None = None) -> int:
         "reference_passes": args.reference_passes,
         "reference_eval_batch": args.reference_eval_batch,
         "chunk_size": args.chunk_size,
+        "rounds": args.rounds,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "reference": {k: round(v, 3) for k, v in ref_s.items()},
         "hw3": {k: round(v, 3) for k, v in hw3_s.items()},
-        "hw3_pass_s": [round(sum(m[f"time/{t}"] for t in TIMES), 3) for m in hw3],
-        "ratio": round(ref_s["pass_s"] / hw3_s["pass_s"], 2),
-        "max_abs_diff": {k: float(f"{v:.3g}") for k, v in max_abs_diff(ref, hw3).items()},
-        "memory": {"load": loaded, "reference": ref_peaks, "hw3": hw3_peaks},
+        "hw3_pass_s": [round(sum(m[f"time/{t}"] for t in TIMES), 3) for m in runs["hw3"][0]],
+        "ratio": round(statistics.median(ratios), 2),
+        "round_ratios": [round(x, 2) for x in ratios],
+        "max_abs_diff": {
+            k: float(f"{v:.3g}")
+            for k, v in max_abs_diff(runs["reference"][0], runs["hw3"][0]).items()
+        },
+        "memory": {"load": loaded, "reference": peaks["reference"], "hw3": peaks["hw3"]},
         "rss_peak_per_run": rss_per_run,
     }
     print(json.dumps(result))

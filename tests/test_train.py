@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import NAMES, single_threaded, synthetic_data
+from tiny import PROJECT_DATA, real_data_location, single_threaded, synthetic_data
 
 from hw3.data import OFFICIAL_MD5, SYSTEM_DIR, FashionMNIST, Split, load_fashion_mnist, raw_dir
 from hw3.evaluation import full_pass
@@ -199,18 +199,6 @@ def test_batch_larger_than_training_set(data: FashionMNIST):
 
 
 # --- the real data, when this machine has it ----------------------------------------------------
-
-PROJECT_DATA = Path(__file__).resolve().parents[1] / "data"
-
-
-def real_data_location(tmp_root: Path) -> tuple[Path, Path | None] | None:
-    """(root, system_dir) to load the official files from, or None where there are none."""
-    if all((SYSTEM_DIR / f"{name}.gz").is_file() for name in NAMES):
-        return tmp_root, SYSTEM_DIR  # decompressed into a fresh root on the way
-    raw = raw_dir(PROJECT_DATA)
-    if all((raw / name).is_file() or (raw / f"{name}.gz").is_file() for name in NAMES):
-        return PROJECT_DATA, None
-    return None
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tiny synthetic data shared by the engine tests: raw IDX files and in-memory splits."""
+"""Test data: tiny synthetic IDX files and in-memory splits, and where the real files are."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from hw3.data import FashionMNIST, Split
+from hw3.data import SYSTEM_DIR, FashionMNIST, Split, raw_dir
 
 IMAGE_SIDE = 28
 NAMES = (
@@ -93,3 +93,16 @@ def single_threaded() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(saved)
+
+
+PROJECT_DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def real_data_location(tmp_root: Path) -> tuple[Path, Path | None] | None:
+    """(root, system_dir) to load the official files from, or None where there are none."""
+    if all((SYSTEM_DIR / f"{name}.gz").is_file() for name in NAMES):
+        return tmp_root, SYSTEM_DIR  # decompressed into a fresh root on the way
+    raw = raw_dir(PROJECT_DATA)
+    if all((raw / name).is_file() or (raw / f"{name}.gz").is_file() for name in NAMES):
+        return PROJECT_DATA, None
+    return None
