@@ -16,6 +16,7 @@ import json
 import statistics
 import time
 from operator import truediv
+from pathlib import Path
 
 import torch
 from speed import BATCH_SIZE, CHUNK_SIZE, LR, PROJECT_ROOT, load_data
@@ -34,8 +35,10 @@ def main() -> None:
     p.add_argument("--train-size", type=int, default=10_000)
     p.add_argument("--steps", type=int, default=100, help="training steps per round")
     p.add_argument("--rounds", type=int, default=12)
-    p.add_argument("--data-root", default=PROJECT_ROOT / "data")
+    p.add_argument("--data-root", type=Path, default=PROJECT_ROOT / "data")
     args = p.parse_args()
+    if min(args.train_size, args.steps, args.rounds) < 1:
+        p.error("--train-size, --steps and --rounds must be >= 1")
     reuse_cpu_memory()  # as hw3.train does on CPU
     data = load_data(args.data_root, args.train_size)
     x, y = data.train.x, data.train.y
