@@ -63,19 +63,32 @@ def wait_for(what: str, probe: Callable[[], T], proc: subprocess.Popen | None = 
         time.sleep(0.25)
 
 
+def stat_fields(pid: int | str) -> list[str]:
+    """Fields of /proc/pid/stat after the command name (state, ppid, pgrp, ...); [] if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def alive(pid: int | str) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    return stat_fields(pid)[:1] not in ([], ["Z"])
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any live (not zombie) process is still in process group `pgid`."""
+    pids = (p.name for p in Path("/proc").iterdir() if p.name.isdigit())
+    return any(f[:1] != ["Z"] and f[2:3] == [str(pgid)] for f in map(stat_fields, pids))
+
+
 def stop(proc: subprocess.Popen) -> None:
-    """Kill `proc` and its process group (a launcher's workers, a server's), then reap it."""
+    """Kill `proc` and its process group (a launcher's workers, a server's), reap it, and wait
+    until every member is gone: a server's uvicorn child holds the port until it has exited."""
     with suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-
-
-def alive(pid: int) -> bool:
-    """Whether process `pid` exists and is not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    wait_for(f"process group {proc.pid} to be gone", lambda: not group_alive(proc.pid))
 
 
 @contextmanager
