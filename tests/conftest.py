@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
+import random
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -33,6 +36,17 @@ METRICS = {
     "time/smoothness_s",
     "time/eval_s",
 }
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on, below the kernel's ephemeral range
+    (32768 and up on Linux, 49152 and up elsewhere): while a test keeps it free, no outgoing
+    connection can be handed it as its own port."""
+    for port in random.sample(range(10_000, 32_768), 100):
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            return port
+    raise RuntimeError("no free port in 10000-32767")
 
 
 @pytest.fixture

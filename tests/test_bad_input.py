@@ -4,13 +4,12 @@ and the store's earlier runs untouched (no other store used instead)."""
 from __future__ import annotations
 
 import shutil
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import job_args, run_cli, store_uri
+from conftest import free_port, job_args, run_cli, store_uri
 from mlflow.tracking import MlflowClient
 
 from hw3 import tracking
@@ -29,15 +28,8 @@ class Case:
     data: str = "tiny"  # tiny | truncated
 
 
-def closed_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 HINT = "python run.py --help"
-UNREACHABLE = f"http://127.0.0.1:{closed_port()}"
+UNREACHABLE = f"http://127.0.0.1:{free_port()}"
 CASES = {
     "typo": Case(("trainer.epoch=3",), ("Key 'epoch' not in 'TrainerConfig'", HINT)),
     "wrong_type": Case(("trainer.epochs=abc",), ("trainer.epochs=abc", "Integer", HINT)),

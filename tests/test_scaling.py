@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from conftest import METRICS, cli_env, history_of, job_args, run_cli, runs_of, store_uri
+from conftest import METRICS, cli_env, free_port, history_of, job_args, run_cli, runs_of, store_uri
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
@@ -35,13 +35,6 @@ PARALLEL = [
 ]
 CONFIGS = ["bn-seed0", "bn-seed1", "plain-seed0", "plain-seed1"]
 WAIT_S = 300  # the longest any one step of these tests may wait
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(what: str, probe: Callable[[], T], proc: subprocess.Popen | None = None) -> T:
