@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import combinations
 
 import numpy as np
 import pandas as pd
@@ -218,11 +219,16 @@ def series(summary: pd.DataFrame, group: str, metric: str) -> pd.DataFrame:
     return rows.sort_values("pass").reset_index(drop=True)
 
 
-def common_passes(summary: pd.DataFrame, metric: str, a: str, b: str) -> pd.DataFrame:
-    """Per pass that both groups logged: the means of `metric` (columns pass, a, b)."""
-    ma = series(summary, a, metric)[["pass", "mean"]].rename(columns={"mean": a})
-    mb = series(summary, b, metric)[["pass", "mean"]].rename(columns={"mean": b})
-    return ma.merge(mb, on="pass")
+def common_passes(
+    summary: pd.DataFrame, groups: Sequence[str], metric: str
+) -> Iterator[tuple[str, str, pd.DataFrame]]:
+    """Each pair (a, b) of `groups` that both logged `metric` at some pass, with the means of
+    `metric` at those passes (columns pass, a, b)."""
+    for a, b in combinations(groups, 2):
+        ma = series(summary, a, metric)[["pass", "mean"]].rename(columns={"mean": a})
+        mb = series(summary, b, metric)[["pass", "mean"]].rename(columns={"mean": b})
+        if not (both := ma.merge(mb, on="pass")).empty:
+            yield a, b, both
 
 
 @dataclass(frozen=True)

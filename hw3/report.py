@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from itertools import combinations
 from pathlib import Path
 
 from hw3.analysis import (
@@ -98,10 +97,7 @@ def time_table(study: Study) -> list[str]:
 def smoothness_findings(study: Study) -> list[str]:
     """Per pair of groups: at how many passes the second's mean L̂ is below the first's."""
     out = []
-    for a, b in combinations(study.groups, 2):
-        both = common_passes(study.summary, "smoothness/L", a, b)
-        if both.empty:
-            continue
+    for a, b, both in common_passes(study.summary, study.groups, "smoothness/L"):
         below = int((both[b] < both[a]).sum())
         last = both.iloc[-1]
         out.append(
@@ -136,10 +132,7 @@ def step_findings(study: Study) -> list[str]:
 def accuracy_findings(study: Study, metric: str = "test/acc") -> list[str]:
     """Per pair of groups: the final-pass accuracy gap with a Welch t interval."""
     out = []
-    for a, b in combinations(study.groups, 2):
-        both = common_passes(study.summary, metric, a, b)
-        if both.empty:
-            continue
+    for a, b, both in common_passes(study.summary, study.groups, metric):
         at = int(both["pass"].max())
         va, vb = per_run(study.tidy, a, metric, at), per_run(study.tidy, b, metric, at)
         diff = welch(va, vb)
