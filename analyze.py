@@ -5,11 +5,11 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from hw3 import analysis_job
-from hw3.analysis import AnalysisError
-from hw3.cli import fail, main_with_one_line_errors
-from hw3.config import register, resolve_path
-from hw3.tracking import TrackingError
+from hw3.analysis import job as analysis_job
+from hw3.analysis.study import AnalysisError
+from hw3.tracking.cli import fail, main_with_one_line_errors
+from hw3.tracking.schema import register, resolve_path
+from hw3.tracking.store import TrackingError
 
 register()
 analysis_job.register()

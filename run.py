@@ -8,9 +8,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from hw3.cli import fail, main_with_one_line_errors
-from hw3.config import register
-from hw3.job import RunFailed, run_job
+from hw3.tracking.cli import fail, main_with_one_line_errors
+from hw3.tracking.job import RunFailed, run_job
+from hw3.tracking.schema import register
 
 register()
 

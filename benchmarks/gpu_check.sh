@@ -20,7 +20,7 @@ if ! compgen -G "$raw/train-images-idx3-ubyte*" >/dev/null; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ! "$PY" -c 'import tqdm' 2>/dev/null; then
-    # hw3.train shows progress with tqdm; without it, a stand-in that shows nothing.
+    # hw3.engine.train shows progress with tqdm; without it, a stand-in that shows nothing.
     shim=$(mktemp -d)
     trap 'rm -rf "$shim"' EXIT
     printf 'def tqdm(iterable, *args, **kwargs):\n    return iterable\n' >"$shim/tqdm.py"

@@ -22,11 +22,11 @@ sys.path.insert(0, str(PROJECT_ROOT))  # hw3 need not be installed
 
 from speed import BATCH_SIZE, CHUNK_SIZE, LR, load_data, run_hw3  # noqa: E402  (benchmarks/ is on sys.path)
 
-from hw3.data import FashionMNIST, Split  # noqa: E402
-from hw3.device import DeviceError, resolve_device  # noqa: E402
-from hw3.models import MODELS, build_model  # noqa: E402
-from hw3.smoothness import effective_smoothness  # noqa: E402
-from hw3.train import Metrics, derive_seed  # noqa: E402
+from hw3.engine.data import FashionMNIST, Split  # noqa: E402
+from hw3.engine.device import DeviceError, resolve_device  # noqa: E402
+from hw3.engine.models import MODELS, build_model  # noqa: E402
+from hw3.engine.smoothness import effective_smoothness  # noqa: E402
+from hw3.engine.train import Metrics, derive_seed  # noqa: E402
 
 SMOOTHNESS_SIZE = 4000  # examples in the float64 comparison
 SMOOTHNESS_RTOL = 1e-3  # allowed relative error of float32 L̂ against float64

@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 from speed import BATCH_SIZE, CHUNK_SIZE, LR, PROJECT_ROOT, load_data
 
-from hw3.device import reuse_cpu_memory
-from hw3.evaluation import full_pass
-from hw3.models import MODELS, build_model
-from hw3.pooling import with_torch_pooling
-from hw3.step import TrainStep
+from hw3.engine.device import reuse_cpu_memory
+from hw3.engine.evaluation import full_pass
+from hw3.engine.models import MODELS, build_model
+from hw3.engine.pooling import with_torch_pooling
+from hw3.engine.step import TrainStep
 
 
 def main() -> None:
@@ -39,7 +39,7 @@ def main() -> None:
     args = p.parse_args()
     if min(args.train_size, args.steps, args.rounds) < 1:
         p.error("--train-size, --steps and --rounds must be >= 1")
-    reuse_cpu_memory()  # as hw3.train does on CPU
+    reuse_cpu_memory()  # as hw3.engine.train does on CPU
     data = load_data(args.data_root, args.train_size)
     x, y = data.train.x, data.train.y
     torch.manual_seed(0)

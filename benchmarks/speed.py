@@ -31,10 +31,10 @@ from torchvision import datasets, transforms
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))  # hw3 need not be installed
 
-from hw3.data import DataError, FashionMNIST, load_fashion_mnist  # noqa: E402
-from hw3.device import DeviceError, ieee_fp32, resolve_device, reuse_cpu_memory, synchronize  # noqa: E402
-from hw3.models import INPUT_SHAPE, MODELS, build_model  # noqa: E402
-from hw3.train import Metrics, derive_seed, train  # noqa: E402
+from hw3.engine.data import DataError, FashionMNIST, load_fashion_mnist  # noqa: E402
+from hw3.engine.device import DeviceError, ieee_fp32, resolve_device, reuse_cpu_memory, synchronize  # noqa: E402
+from hw3.engine.models import INPUT_SHAPE, MODELS, build_model  # noqa: E402
+from hw3.engine.train import Metrics, derive_seed, train  # noqa: E402
 
 LR = 0.04  # conf/optimizer/sgd.yaml (momentum and weight decay 0)
 BATCH_SIZE = 32  # conf/trainer/default.yaml

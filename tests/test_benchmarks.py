@@ -8,8 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
-from tiny import real_data_location
+from helpers import real_data_location, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,10 @@ from urllib.error import URLError
 
 import pytest
 import torch
-from tiny import NAMES, TinyRaw, make_raw, write_raw
+from helpers import NAMES, TinyRaw, make_raw, write_raw
 
-import hw3.data
-from hw3.data import DataError, load_fashion_mnist, raw_dir, resolve, verify
+import hw3.engine.data
+from hw3.engine.data import DataError, load_fashion_mnist, raw_dir, resolve, verify
 
 TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = NAMES
 
@@ -185,7 +185,7 @@ def test_wrong_checksum_is_a_data_error(tmp_path: Path, system_dir: Path, raw: T
 def test_official_checksums_reject_other_files(tmp_path: Path, system_dir: Path, raw: TinyRaw):
     write_raw(raw_dir(tmp_path), raw)
     with pytest.raises(DataError, match="is not the official"):
-        load(tmp_path, system_dir, hw3.data.OFFICIAL_MD5)
+        load(tmp_path, system_dir, hw3.engine.data.OFFICIAL_MD5)
 
 
 def test_image_and_label_counts_must_match(tmp_path: Path, system_dir: Path, raw: TinyRaw):
@@ -300,7 +300,7 @@ def test_failed_download_is_reported_in_one_line(
         calls.append((root, train, download))
         raise URLError("<urlopen error [Errno -3] Temporary failure in name resolution>\nmore")
 
-    monkeypatch.setattr(hw3.data, "TorchvisionFashionMNIST", offline)
+    monkeypatch.setattr(hw3.engine.data, "TorchvisionFashionMNIST", offline)
     with pytest.raises(DataError) as excinfo:
         resolve(tmp_path, system_dir=system_dir, download=True)
     message = one_line_data_error(excinfo)
@@ -315,7 +315,7 @@ def test_download_fills_what_is_missing(
     def fake_download(root: str, train: bool, download: bool) -> None:
         write_raw(raw_dir(Path(root)), raw)
 
-    monkeypatch.setattr(hw3.data, "TorchvisionFashionMNIST", fake_download)
+    monkeypatch.setattr(hw3.engine.data, "TorchvisionFashionMNIST", fake_download)
     data = load_fashion_mnist(
         tmp_path, download=True, system_dir=system_dir, checksums=raw.md5s(),
         normalize=False, mean=None, std=None, train_size=None, test_size=None,

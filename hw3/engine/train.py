@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from hw3.data import FashionMNIST
-from hw3.device import ieee_fp32, resolve_device, reuse_cpu_memory, synchronize
-from hw3.evaluation import eval_mode, full_pass
-from hw3.models import build_model
-from hw3.smoothness import effective_smoothness
-from hw3.step import TrainStep
+from hw3.engine.data import FashionMNIST
+from hw3.engine.device import ieee_fp32, resolve_device, reuse_cpu_memory, synchronize
+from hw3.engine.evaluation import eval_mode, full_pass
+from hw3.engine.models import build_model
+from hw3.engine.smoothness import effective_smoothness
+from hw3.engine.step import TrainStep
 
 Metrics = dict[str, float]
 PassCallback = Callable[[int, Metrics], None]

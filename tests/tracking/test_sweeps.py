@@ -10,10 +10,10 @@ import time
 
 import pytest
 import torch
-from conftest import METRICS, history_of, job_args, run_cli, runs_of, write_dataset
+from helpers import METRICS, history_of, job_args, run_cli, runs_of, write_dataset
 from mlflow.tracking import MlflowClient
 
-from hw3.config import PROJECT_ROOT
+from hw3.tracking.schema import PROJECT_ROOT
 
 
 def test_sweep_logs_nested_runs_and_a_relaunch_skips_them(tmp_path, tiny_root):

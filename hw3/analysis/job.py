@@ -9,11 +9,18 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from hw3 import tracking
-from hw3.analysis import Study, load_study
-from hw3.config import Config
-from hw3.figures import draw_all
-from hw3.report import write_report, write_summary
+from hw3.analysis.figures import draw_all
+from hw3.analysis.report import write_report, write_summary
+from hw3.analysis.study import Study, load_study
+from hw3.tracking.schema import Config
+from hw3.tracking.store import (
+    Store,
+    connect_existing,
+    find_runs,
+    fingerprint,
+    git_state,
+    log_values,
+)
 
 log = logging.getLogger("hw3")
 
@@ -41,30 +48,28 @@ class Outcome:
     run_id: str
 
 
-def log_analysis(
-    store: tracking.Store, study: Study, files: list[Path], params: dict[str, str]
-) -> str:
+def log_analysis(store: Store, study: Study, files: list[Path], params: dict[str, str]) -> str:
     """The study's run tagged kind=analysis, holding `files`: one per selection, updated.
 
     Regenerating an analysis overwrites its artifacts in the same run rather than adding a
     run to the experiment at every call.
     """
-    key = tracking.fingerprint({"selection": study.selection})
+    key = fingerprint({"selection": study.selection})
     tags = {
         "kind": "analysis",
         "analysis_id": key,
         "analysed_runs": len(study.runs),
         "left_out_runs": len(study.left_out),
-        **tracking.git_state(),
+        **git_state(),
     }
-    earlier = tracking.find_runs(store, study.experiment_id, kind="analysis", analysis_id=key)
+    earlier = find_runs(store, study.experiment_id, kind="analysis", analysis_id=key)
     if earlier:
         run_id = earlier[0].info.run_id
         store.client.update_run(run_id, status="RUNNING")
     else:
         run_id = store.client.create_run(study.experiment_id, run_name="analysis").info.run_id
     try:
-        tracking.log_values(store, run_id, params=params, tags=tags)
+        log_values(store, run_id, params=params, tags=tags)
         for path in files:
             store.client.log_artifact(run_id, str(path))
     except BaseException:
@@ -83,7 +88,7 @@ def analyze(
     filter_string: str | None = None,
 ) -> Outcome:
     """Analyse the experiment's FINISHED training runs into `out` and log the result to MLflow."""
-    store = tracking.connect_existing(uri)
+    store = connect_existing(uri)
     study = load_study(store, experiment, sweep_id=sweep_id, filter_string=filter_string)
     out.mkdir(parents=True, exist_ok=True)
     figures = draw_all(study, out)

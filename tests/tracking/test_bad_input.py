@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import free_port, job_args, run_cli, store_uri
+from helpers import free_port, job_args, run_cli, store_uri
 from mlflow.tracking import MlflowClient
 
-from hw3 import tracking
+from hw3.tracking.store import connect, experiment_id, log_values
 
 pytestmark = pytest.mark.slow  # a dozen CLI runs: about a minute on two cores
 
@@ -66,11 +66,11 @@ def snapshot(uri: str) -> dict[str, tuple]:
 def outcomes(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> dict:
     """Every case run at once, each on its own copy of a store holding one FINISHED run."""
     template = tmp_path_factory.mktemp("template")
-    store = tracking.connect(store_uri(template))
-    experiment = tracking.experiment_id(store, "bad")
+    store = connect(store_uri(template))
+    experiment = experiment_id(store, "bad")
     run = store.client.create_run(experiment, tags={"kind": "train"}, run_name="earlier")
-    tracking.log_values(store, run.info.run_id, metrics={"test/acc": 0.5}, step=1)
-    tracking.log_values(store, run.info.run_id, params={"seed": 0}, tags={"model": "plain"})
+    log_values(store, run.info.run_id, metrics={"test/acc": 0.5}, step=1)
+    log_values(store, run.info.run_id, params={"seed": 0}, tags={"model": "plain"})
     store.client.set_terminated(run.info.run_id, "FINISHED")
 
     truncated = tmp_path_factory.mktemp("truncated")

@@ -23,12 +23,12 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from hw3.config import PROJECT_ROOT
+from hw3.tracking.schema import PROJECT_ROOT
 
 DEFAULT_STORE = PROJECT_ROOT / "mlruns"
 SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
 PROBE_TIMEOUT_S = 5  # how long an unreachable server may keep a launch waiting
-# Environment that a sweep's launching process hands its jobs (see hw3.callbacks).
+# Environment that a sweep's launching process hands its jobs (see hw3.tracking.sweep).
 ENV_EXPERIMENT, ENV_EXPERIMENT_ID = "HW3_EXPERIMENT", "HW3_EXPERIMENT_ID"
 ENV_PARENT, ENV_SWEEP = "HW3_PARENT_RUN_ID", "HW3_SWEEP_ID"
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s'\"]+@")  # user:password@ in a URL

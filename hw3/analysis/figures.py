@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from hw3.analysis import Study, describe, learning_rate, run_means, seeds, series
+from hw3.analysis.study import Study, describe, learning_rate, run_means, seeds, series
 
 FORMATS = ("png", "pdf")
 DPI = 150  # of the PNGs

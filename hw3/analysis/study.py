@@ -14,9 +14,9 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from scipy import stats
 
-from hw3 import tracking
-from hw3.config import PLACE_KEYS
-from hw3.models import MODELS
+from hw3.engine.models import MODELS
+from hw3.tracking.schema import PLACE_KEYS
+from hw3.tracking.store import Store
 
 # Params that say where or how a run ran, not what it computed: they never split a group.
 INCIDENTAL = frozenset((*PLACE_KEYS, "seed", "trainer.device"))
@@ -86,7 +86,7 @@ def selection(sweep_id: str | None, filter_string: str | None) -> str:
     return " and ".join(clauses)
 
 
-def existing_experiment(store: tracking.Store, name: str) -> str:
+def existing_experiment(store: Store, name: str) -> str:
     """The id of experiment `name`, which must exist (an analysis never creates one)."""
     experiment = store.client.get_experiment_by_name(name)
     if experiment is None or experiment.lifecycle_stage == "deleted":
@@ -96,7 +96,7 @@ def existing_experiment(store: tracking.Store, name: str) -> str:
     return experiment.experiment_id
 
 
-def search(store: tracking.Store, experiment_id: str, where: str) -> list[Run]:
+def search(store: Store, experiment_id: str, where: str) -> list[Run]:
     """Every run of the experiment that matches `where` (all pages), newest first."""
     runs: list[Run] = []
     token = None
@@ -155,9 +155,7 @@ def partition(
     return used, left_out, {r.run_id: labels[r.run_id] for r in used}
 
 
-def fetch_history(
-    store: tracking.Store, runs: Sequence[TrainRun], labels: dict[str, str]
-) -> pd.DataFrame:
+def fetch_history(store: Store, runs: Sequence[TrainRun], labels: dict[str, str]) -> pd.DataFrame:
     """Every logged point of every metric of `runs`, one row each (columns TIDY)."""
     jobs = [(r, key) for r in runs for key in r.metrics]
     with ThreadPoolExecutor(FETCH_THREADS) as pool:
@@ -252,7 +250,7 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Difference | None:
 
 
 def load_study(
-    store: tracking.Store, experiment: str, *, sweep_id: str | None, filter_string: str | None
+    store: Store, experiment: str, *, sweep_id: str | None, filter_string: str | None
 ) -> Study:
     """Select the experiment's training runs, fetch their histories and aggregate them."""
     experiment_id = existing_experiment(store, experiment)

@@ -7,7 +7,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from hw3.pooling import MaxPool2d
+from hw3.engine.pooling import MaxPool2d
 
 INPUT_SHAPE = (1, 28, 28)  # one FashionMNIST image: channels, height, width
 CHANNELS = (16, 32)  # output channels of the two convolutions

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from hw3.analysis import (
+from hw3.analysis.study import (
     CONFIDENCE,
     INCIDENTAL,
     Study,

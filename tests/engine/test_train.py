@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import PROJECT_DATA, real_data_location, single_threaded, synthetic_data
+from helpers import PROJECT_DATA, real_data_location, synthetic_data
 
-from hw3.data import OFFICIAL_MD5, SYSTEM_DIR, FashionMNIST, Split, load_fashion_mnist, raw_dir
-from hw3.evaluation import full_pass
-from hw3.models import MODELS, build_model
-from hw3.train import Diverged, Metrics, derive_seed, train
+from hw3.engine.data import (
+    OFFICIAL_MD5,
+    SYSTEM_DIR,
+    FashionMNIST,
+    Split,
+    load_fashion_mnist,
+    raw_dir,
+)
+from hw3.engine.evaluation import full_pass
+from hw3.engine.models import MODELS, build_model
+from hw3.engine.train import Diverged, Metrics, derive_seed, train
 
 BASE_KEYS = {
     "train/loss",
@@ -36,11 +42,7 @@ SMOOTHNESS_KEYS = {
 FIT_KEYS = ("train/loss", "train/loss_running", "train/acc", "test/loss", "test/acc")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny workloads: one intra-op thread (much faster on a busy machine)."""
-    with single_threaded():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Interrupt(Exception):

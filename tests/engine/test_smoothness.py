@@ -4,27 +4,22 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import single_threaded, synthetic_data
+from helpers import synthetic_data
 from torch import nn
 from torch.func import functional_call
 
-from hw3.models import MODELS, build_model
-from hw3.smoothness import effective_smoothness
+from hw3.engine.models import MODELS, build_model
+from hw3.engine.smoothness import effective_smoothness
 
 N_EXAMPLES, BATCH, CHUNK, PROBE_LR = 200, 32, 64, 0.5  # chunks of 64 leave a partial last one
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny workloads: one intra-op thread (much faster on a busy machine)."""
-    with single_threaded():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass(frozen=True)

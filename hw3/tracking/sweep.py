@@ -11,8 +11,22 @@ from hydra.experimental.callback import Callback
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
-from hw3 import tracking
-from hw3.cli import exit_with
+from hw3.tracking.cli import exit_with
+from hw3.tracking.store import (
+    ENV_EXPERIMENT,
+    ENV_EXPERIMENT_ID,
+    ENV_PARENT,
+    ENV_SWEEP,
+    Store,
+    TrackingError,
+    close_sweep,
+    connect,
+    experiment_id,
+    find_runs,
+    fingerprint,
+    git_state,
+    redact,
+)
 
 log = logging.getLogger("hw3")
 
@@ -25,7 +39,7 @@ def sweep_id(config: DictConfig) -> str:
     params = config.hydra.sweeper.get("params")
     grid = OmegaConf.to_container(params, resolve=False) if params else {}
     task = sorted(o for o in config.hydra.overrides.task if not o.startswith("force="))
-    return tracking.fingerprint({"config": body, "grid": grid, "overrides": task})
+    return fingerprint({"config": body, "grid": grid, "overrides": task})
 
 
 class MlflowSweep(Callback):
@@ -37,37 +51,37 @@ class MlflowSweep(Callback):
     """
 
     def __init__(self) -> None:
-        self._open: tuple[tracking.Store, str, str] | None = None
+        self._open: tuple[Store, str, str] | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             self._open_sweep(config)
-        except (tracking.TrackingError, MlflowException) as err:
+        except (TrackingError, MlflowException) as err:
             # Hydra would only warn about a callback's exception, then launch every job anyway.
             exit_with(f"{str(err).splitlines()[0]} (the sweep launched no job)")
 
     def _open_sweep(self, config: DictConfig) -> None:
         """Open the store, the experiment and the parent run; hand their ids to the jobs."""
-        store = tracking.connect(config.tracking.uri)
+        store = connect(config.tracking.uri)
         name = config.tracking.experiment
-        experiment = tracking.experiment_id(store, name)
+        experiment = experiment_id(store, name)
         sid = sweep_id(config)
-        earlier = tracking.find_runs(store, experiment, kind="sweep", sweep_id=sid)
+        earlier = find_runs(store, experiment, kind="sweep", sweep_id=sid)
         if earlier:
             parent = earlier[0].info.run_id
             store.client.update_run(parent, status="RUNNING")
         else:
-            tags = {"kind": "sweep", "sweep_id": sid, **tracking.git_state()}
-            tags["overrides"] = tracking.redact(" ".join(config.hydra.overrides.task))
+            tags = {"kind": "sweep", "sweep_id": sid, **git_state()}
+            tags["overrides"] = redact(" ".join(config.hydra.overrides.task))
             parent = store.client.create_run(experiment, run_name=f"sweep-{sid[:8]}", tags=tags)
             parent = parent.info.run_id
         os.environ |= {
-            tracking.ENV_EXPERIMENT: name,
-            tracking.ENV_EXPERIMENT_ID: experiment,
-            tracking.ENV_PARENT: parent,
-            tracking.ENV_SWEEP: sid,
+            ENV_EXPERIMENT: name,
+            ENV_EXPERIMENT_ID: experiment,
+            ENV_PARENT: parent,
+            ENV_SWEEP: sid,
         }
-        where = tracking.redact(store.uri)
+        where = redact(store.uri)
         log.info("sweep %s: parent run %s in experiment %s at %s", sid, parent, name, where)
         self._open = (store, experiment, parent)
         atexit.register(self._close, completed=False)
@@ -81,5 +95,5 @@ class MlflowSweep(Callback):
             return
         store, experiment, parent = self._open
         self._open = None
-        status = tracking.close_sweep(store, experiment, parent, completed=completed)
+        status = close_sweep(store, experiment, parent, completed=completed)
         log.info("sweep parent run %s: %s", parent, status)

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_cli
+from helpers import run_cli
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from hw3 import analysis_job
-from hw3.analysis import AnalysisError, Study, load_study
-from hw3.analysis_job import analyze
-from hw3.report import write_report, write_summary
-from hw3.tracking import TrackingError, connect_existing
+from hw3.analysis import job as analysis_job
+from hw3.analysis.job import analyze
+from hw3.analysis.report import write_report, write_summary
+from hw3.analysis.study import AnalysisError, Study, load_study
+from hw3.tracking.store import TrackingError, connect_existing
 
 analysis_job.register()
 

@@ -9,10 +9,10 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from hw3.device import DEVICES
-from hw3.models import MODELS
+from hw3.engine.device import DEVICES
+from hw3.engine.models import MODELS
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Keys that say where things live, not what is computed: left out of the fingerprint.
 PLACE_KEYS = ("tracking.uri", "tracking.experiment", "force", "data.root", "data.download")
 PLACE_KEYS += ("data.verify", "trainer.checkpoint_dir")

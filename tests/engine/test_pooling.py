@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hw3.models import build_model
-from hw3.pooling import MaxPool2d, with_torch_pooling
+from hw3.engine.models import build_model
+from hw3.engine.pooling import MaxPool2d, with_torch_pooling
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:

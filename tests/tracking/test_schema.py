@@ -7,9 +7,9 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from hw3.cli import one_line
-from hw3.config import Config, ConfigError, flatten, validate
-from hw3.job import config_fingerprint
+from hw3.tracking.cli import one_line
+from hw3.tracking.job import config_fingerprint
+from hw3.tracking.schema import Config, ConfigError, flatten, validate
 
 
 @pytest.mark.parametrize("model", ["plain", "bn", "stride"])

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hw3.device import ieee_fp32
-from hw3.evaluation import eval_mode, full_pass
+from hw3.engine.device import ieee_fp32
+from hw3.engine.evaluation import eval_mode, full_pass
 
 
 @dataclass(frozen=True)

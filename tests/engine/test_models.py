@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
-from tiny import single_threaded
 from torch import nn
 
-from hw3.models import MODELS, build_model
+from hw3.engine.models import MODELS, build_model
 
 # By hand, from the architecture: conv 5×5 (1→16), conv 5×5 (16→32), linear 32·7·7→10.
 CONV1 = 16 * 1 * 5 * 5 + 16
@@ -23,11 +20,7 @@ EXPECTED_PARAMS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny workloads: one intra-op thread (much faster on a busy machine)."""
-    with single_threaded():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def inputs_of(model: nn.Module, kind: type[nn.Module], x: torch.Tensor) -> list[torch.Size]:

@@ -13,11 +13,26 @@ from pathlib import Path
 
 import torch
 
-from hw3 import tracking
-from hw3.config import PLACE_KEYS, Config, ConfigError, flatten, resolve_path, validate
-from hw3.data import OFFICIAL_MD5, DataError, load_fashion_mnist
-from hw3.device import DeviceError, resolve_device
-from hw3.train import Diverged, Metrics, train
+from hw3.engine.data import OFFICIAL_MD5, DataError, load_fashion_mnist
+from hw3.engine.device import DeviceError, resolve_device
+from hw3.engine.train import Diverged, Metrics, train
+from hw3.tracking.schema import PLACE_KEYS, Config, ConfigError, flatten, resolve_path, validate
+from hw3.tracking.store import (
+    ENV_EXPERIMENT,
+    ENV_EXPERIMENT_ID,
+    ENV_PARENT,
+    ENV_SWEEP,
+    Store,
+    TrackingError,
+    connect,
+    experiment_id,
+    find_runs,
+    fingerprint,
+    git_state,
+    log_values,
+    logged_steps,
+    redact,
+)
 
 log = logging.getLogger("hw3")
 
@@ -40,37 +55,37 @@ class Sweep:
     @classmethod
     def from_env(cls, experiment: str) -> Sweep:
         """The sweep this process belongs to, if it was launched for `experiment`."""
-        if os.environ.get(tracking.ENV_EXPERIMENT) != experiment:
+        if os.environ.get(ENV_EXPERIMENT) != experiment:
             return cls()
         return cls(
-            os.environ.get(tracking.ENV_EXPERIMENT_ID),
-            os.environ.get(tracking.ENV_PARENT),
-            os.environ.get(tracking.ENV_SWEEP),
+            os.environ.get(ENV_EXPERIMENT_ID),
+            os.environ.get(ENV_PARENT),
+            os.environ.get(ENV_SWEEP),
         )
 
 
 def config_fingerprint(cfg: Config) -> str:
     """Hash of everything that determines the results (not where they are stored)."""
-    return tracking.fingerprint({k: v for k, v in flatten(cfg).items() if k not in PLACE_KEYS})
+    return fingerprint({k: v for k, v in flatten(cfg).items() if k not in PLACE_KEYS})
 
 
-def _record_failure(store: tracking.Store, run_id: str, err: BaseException) -> None:
+def _record_failure(store: Store, run_id: str, err: BaseException) -> None:
     text = "".join(traceback.format_exception(err))
     tags = {"error": str(err).splitlines()[0][:4000] if str(err) else type(err).__name__}
     if isinstance(err, Diverged):
         tags |= {"diverged": "true", "diverged_pass": err.epoch}
-    tracking.log_values(store, run_id, tags=tags)
+    log_values(store, run_id, tags=tags)
     store.client.log_text(run_id, text, "error.txt")
     status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
     store.client.set_terminated(run_id, status)
 
 
-def _log_artifacts(store: tracking.Store, run_id: str, hydra_dir: Path | None, ckpt: Path) -> None:
+def _log_artifacts(store: Store, run_id: str, hydra_dir: Path | None, ckpt: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if hydra_dir is not None and hydra_dir.is_dir():
             (Path(tmp) / ".hydra").mkdir()
             for src in hydra_dir.glob("*.yaml"):  # the URI in them may carry credentials
-                (Path(tmp) / ".hydra" / src.name).write_text(tracking.redact(src.read_text()))
+                (Path(tmp) / ".hydra" / src.name).write_text(redact(src.read_text()))
             store.client.log_artifacts(run_id, str(Path(tmp) / ".hydra"), ".hydra")
         state = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
         path = Path(tmp) / "state_dict.pt"
@@ -79,11 +94,11 @@ def _log_artifacts(store: tracking.Store, run_id: str, hydra_dir: Path | None, c
 
 
 def _open_run(
-    store: tracking.Store, experiment: str, cfg: Config, tags: dict[str, str], ckpt: Path
+    store: Store, experiment: str, cfg: Config, tags: dict[str, str], ckpt: Path
 ) -> str | None:
     """The run to train into: a new one, or an unfinished one to resume; None to skip."""
     name = tags["mlflow.runName"]
-    earlier = tracking.find_runs(store, experiment, kind="train", fingerprint=tags["fingerprint"])
+    earlier = find_runs(store, experiment, kind="train", fingerprint=tags["fingerprint"])
     done = next((r for r in earlier if r.info.status == "FINISHED"), None)
     if done is not None and not cfg.force:
         run_id = done.info.run_id
@@ -98,7 +113,7 @@ def _open_run(
     for key in ("error", "diverged", "diverged_pass"):
         if key in resumable.data.tags:
             store.client.delete_tag(run_id, key)
-    tracking.log_values(store, run_id, tags=tags)  # the sweep resuming it becomes its parent
+    log_values(store, run_id, tags=tags)  # the sweep resuming it becomes its parent
     log.info("resume %s: run %s from its last checkpoint", name, run_id)
     return run_id
 
@@ -113,9 +128,9 @@ def run_job(cfg: Config, *, overrides: list[str], hydra_dir: Path | None) -> str
         validate(cfg)
         sweep = Sweep.from_env(cfg.tracking.experiment)
         # The sweep's launcher checked the store; its jobs ride out a server restart on retries.
-        store = tracking.connect(cfg.tracking.uri, probe=sweep.parent_run_id is None)
-        experiment = sweep.experiment_id or tracking.experiment_id(store, cfg.tracking.experiment)
-    except (ConfigError, tracking.TrackingError) as err:
+        store = connect(cfg.tracking.uri, probe=sweep.parent_run_id is None)
+        experiment = sweep.experiment_id or experiment_id(store, cfg.tracking.experiment)
+    except (ConfigError, TrackingError) as err:
         raise RunFailed(str(err)) from err
     fp = config_fingerprint(cfg)
     name = f"{cfg.model.name}-seed{cfg.seed}"
@@ -125,9 +140,9 @@ def run_job(cfg: Config, *, overrides: list[str], hydra_dir: Path | None) -> str
         "model": cfg.model.name,
         "seed": str(cfg.seed),
         "fingerprint": fp,
-        "overrides": tracking.redact(" ".join(overrides)),
+        "overrides": redact(" ".join(overrides)),
         "torch_version": torch.__version__,
-        **tracking.git_state(),
+        **git_state(),
     }
     if sweep.parent_run_id is not None:
         tags |= {"mlflow.parentRunId": sweep.parent_run_id, "sweep_id": sweep.sweep_id}
@@ -138,17 +153,17 @@ def run_job(cfg: Config, *, overrides: list[str], hydra_dir: Path | None) -> str
 
     try:
         params = {k: v for k, v in flatten(cfg).items() if k not in NOT_PARAMS}
-        tracking.log_values(store, run_id, params=params)
+        log_values(store, run_id, params=params)
         device = resolve_device(cfg.trainer.device)
         where = {"device": device.type, "host": socket.gethostname(), "pid": os.getpid()}
-        tracking.log_values(store, run_id, tags=where)
-        already = tracking.logged_steps(store, run_id, "test/acc")
+        log_values(store, run_id, tags=where)
+        already = logged_steps(store, run_id, "test/acc")
 
         def on_pass_end(epoch: int, metrics: Metrics) -> None:
             if epoch in already:  # replayed from a checkpoint and logged before the kill
                 return
             now = int(time.time() * 1000)
-            tracking.log_values(store, run_id, metrics=metrics, step=epoch, timestamp_ms=now)
+            log_values(store, run_id, metrics=metrics, step=epoch, timestamp_ms=now)
             shown = " ".join(f"{k}={metrics[k]:.4g}" for k in PROGRESS if k in metrics)
             log.info("%s pass %d/%d: %s", name, epoch, cfg.trainer.epochs, shown)
 

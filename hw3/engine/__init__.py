@@ -1,0 +1,1 @@
+"""The experiment in plain PyTorch: data, models, training, measurement (no Hydra, no MLflow)."""

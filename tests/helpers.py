@@ -1,0 +1,213 @@
+"""What the tests share besides fixtures: tiny IDX datasets, the CLI as a subprocess, stores."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import os
+import random
+import socket
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from mlflow.tracking import MlflowClient
+
+from hw3.engine.data import SYSTEM_DIR, FashionMNIST, Split, raw_dir
+from hw3.tracking.schema import PROJECT_ROOT
+
+IMAGE_SIDE = 28
+NAMES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+METRICS = {
+    "train/loss",
+    "train/loss_running",
+    "train/acc",
+    "test/loss",
+    "test/acc",
+    "smoothness/L",
+    "smoothness/lr_max",
+    "smoothness/u_norm",
+    "smoothness/grad_norm",
+    "time/train_pass_s",
+    "time/smoothness_s",
+    "time/eval_s",
+}
+PROJECT_DATA = PROJECT_ROOT / "data"
+
+
+# --- tiny datasets ------------------------------------------------------------------------------
+
+
+def idx_bytes(array: torch.Tensor) -> bytes:
+    """The IDX encoding of a uint8 tensor: magic 0x0000080N, N big-endian dims, the data."""
+    assert array.dtype == torch.uint8
+    header = struct.pack(">I", 0x0800 | array.dim()) + struct.pack(f">{array.dim()}I", *array.shape)
+    return header + array.contiguous().numpy().tobytes()
+
+
+@dataclass(frozen=True)
+class TinyRaw:
+    """The four raw arrays of a tiny FashionMNIST-shaped dataset (uint8 images and labels)."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    def files(self) -> dict[str, bytes]:
+        """File name → IDX bytes, under the official names."""
+        arrays = (self.train_x, self.train_y, self.test_x, self.test_y)
+        return {name: idx_bytes(a) for name, a in zip(NAMES, arrays, strict=True)}
+
+    def md5s(self) -> dict[str, str]:
+        """File name → MD5 of the (decompressed) IDX bytes: a `checksums=` table."""
+        return {name: hashlib.md5(b).hexdigest() for name, b in self.files().items()}
+
+
+def make_raw(seed: int = 0, n_train: int = 20, n_test: int = 10) -> TinyRaw:
+    """Random uint8 images and labels in 0..9, reproducible from `seed`."""
+    g = torch.Generator().manual_seed(seed)
+
+    def images(n: int) -> torch.Tensor:
+        return torch.randint(0, 256, (n, IMAGE_SIDE, IMAGE_SIDE), generator=g, dtype=torch.uint8)
+
+    def labels(n: int) -> torch.Tensor:
+        return torch.randint(0, 10, (n,), generator=g, dtype=torch.uint8)
+
+    return TinyRaw(images(n_train), labels(n_train), images(n_test), labels(n_test))
+
+
+def learnable_raw(n_train: int, n_test: int, seed: int = 0) -> TinyRaw:
+    """Noise images with a bright stripe whose row says the class: a net learns it in a pass."""
+    g = torch.Generator().manual_seed(seed)
+
+    def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.randint(0, 10, (n,), generator=g)
+        images = torch.randint(0, 60, (n, IMAGE_SIDE, IMAGE_SIDE), generator=g)
+        for c in range(10):
+            images[labels == c, 2 * c + 4 : 2 * c + 6, 4:24] += 180
+        return images.to(torch.uint8), labels.to(torch.uint8)
+
+    return TinyRaw(*split(n_train), *split(n_test))
+
+
+def write_raw(folder: Path, raw: TinyRaw, *, gz: bool = False) -> dict[str, Path]:
+    """Write the four files into `folder` (as `name.gz` when `gz`); name → path written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, data in raw.files().items():
+        path = folder / (f"{name}.gz" if gz else name)
+        path.write_bytes(gzip.compress(data) if gz else data)
+        written[name] = path
+    return written
+
+
+def write_dataset(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """A learnable synthetic FashionMNIST in torchvision's layout under `root`; returns `root`."""
+    write_raw(raw_dir(root), learnable_raw(n_train, n_test, seed))
+    return root
+
+
+def synthetic_data(n_train: int = 256, n_test: int = 128, seed: int = 0) -> FashionMNIST:
+    """Preprocessed-looking random splits (standard normal images, uniform labels)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def split(n: int) -> Split:
+        x = torch.randn(n, 1, IMAGE_SIDE, IMAGE_SIDE, generator=g)
+        return Split(x, torch.randint(0, 10, (n,), generator=g))
+
+    return FashionMNIST(train=split(n_train), test=split(n_test), mean=0.0, std=1.0)
+
+
+def real_data_location(tmp_root: Path) -> tuple[Path, Path | None] | None:
+    """(root, system_dir) to load the official files from, or None where there are none."""
+    if all((SYSTEM_DIR / f"{name}.gz").is_file() for name in NAMES):
+        return tmp_root, SYSTEM_DIR  # decompressed into a fresh root on the way
+    raw = raw_dir(PROJECT_DATA)
+    if all((raw / name).is_file() or (raw / f"{name}.gz").is_file() for name in NAMES):
+        return PROJECT_DATA, None
+    return None
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on, below the kernel's ephemeral range
+    (32768 and up on Linux, 49152 and up elsewhere): while a test keeps it free, no outgoing
+    connection can be handed it as its own port."""
+    for port in random.sample(range(10_000, 32_768), 100):
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            return port
+    raise RuntimeError("no free port in 10000-32767")
+
+
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a CLI subprocess: ours without $MLFLOW_TRACKING_URI, then `env`."""
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | (env or {})
+
+
+def run_cli(
+    script: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: int = 300,
+    cwd: Path = PROJECT_ROOT,
+) -> subprocess.CompletedProcess:
+    """Run `python <script> args…` (from the project root unless `cwd`)."""
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(env),
+        cwd=cwd,
+    )
+
+
+def store_uri(where: Path | str) -> str:
+    """A tracking URI: `where` itself, or the SQLite store a test keeps in folder `where`."""
+    return f"sqlite:///{where / 'mlflow.db'}" if isinstance(where, Path) else where
+
+
+def job_args(
+    tmp: Path, root: Path, experiment: str, *extra: str, uri: str | None = None
+) -> list[str]:
+    """Overrides that keep everything a run writes inside `tmp` (its store too, unless `uri`)."""
+    return [
+        f"data.root={root}",
+        "data.verify=false",
+        "trainer.device=cpu",
+        f"trainer.checkpoint_dir={tmp / 'ckpt'}",
+        f"tracking.uri={uri or store_uri(tmp)}",
+        f"tracking.experiment={experiment}",
+        f"hydra.run.dir={tmp / 'outputs'}",
+        f"hydra.sweep.dir={tmp / 'multirun'}",
+        *extra,
+    ]
+
+
+def runs_of(where: Path | str, experiment: str, kind: str = "train") -> list:
+    """The runs of `kind` (train, sweep) in `experiment` of the store at `where`."""
+    client = MlflowClient(store_uri(where))
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], f"tags.kind = '{kind}'")
+
+
+def history_of(where: Path | str, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """Every metric of run `run_id` as its sorted (step, value) points."""
+    client = MlflowClient(store_uri(where))
+    keys = client.get_run(run_id).data.metrics
+    return {
+        k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys
+    }
