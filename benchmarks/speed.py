@@ -194,6 +194,7 @@ def run_hw3(
     device: str,
     chunk_size: int,
     cuda_graphs: bool = True,
+    deterministic: bool = True,
 ) -> list[Metrics]:
     """hw3's engine with the default configuration's settings."""
     return train(
@@ -209,6 +210,7 @@ def run_hw3(
         smoothness=True,
         chunk_size=chunk_size,
         cuda_graphs=cuda_graphs,
+        deterministic=deterministic,
     )
 
 

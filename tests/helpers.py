@@ -7,13 +7,19 @@ import gzip
 import hashlib
 import os
 import random
+import signal
 import socket
 import struct
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -42,6 +48,8 @@ METRICS = {
     "time/eval_s",
 }
 PROJECT_DATA = PROJECT_ROOT / "data"
+WAIT_S = 300  # the longest any one step of a test may wait for a process or a store
+T = TypeVar("T")
 
 
 # --- tiny datasets ------------------------------------------------------------------------------
@@ -211,3 +219,93 @@ def history_of(where: Path | str, run_id: str) -> dict[str, list[tuple[int, floa
     return {
         k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys
     }
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+def wait_for(what: str, probe: Callable[[], T], proc: subprocess.Popen | None = None) -> T:
+    """Poll `probe` until it returns something truthy; fail naming `what` if `proc` ends first.
+
+    A probe that raises (a store not created yet, a server restarting) counts as not yet.
+    """
+    deadline, last = time.monotonic() + WAIT_S, None
+    while True:
+        try:
+            if result := probe():
+                return result
+        except Exception as err:
+            last = err
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"{what}: the process ended first (exit {proc.returncode}; {last!r})")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {WAIT_S} s ({last!r})")
+        time.sleep(0.25)
+
+
+def stat_fields(pid: int | str) -> list[str]:
+    """Fields of /proc/pid/stat after the command name (state, ppid, pgrp, ...); [] if gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def alive(pid: int | str) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    return stat_fields(pid)[:1] not in ([], ["Z"])
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any live (not zombie) process is still in process group `pgid`."""
+    pids = (p.name for p in Path("/proc").iterdir() if p.name.isdigit())
+    return any(f[:1] != ["Z"] and f[2:3] == [str(pgid)] for f in map(stat_fields, pids))
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Kill `proc` and its process group (a launcher's workers, a server's), reap it, and wait
+    until every member is gone: a server's uvicorn child holds the port until it has exited."""
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    wait_for(f"process group {proc.pid} to be gone", lambda: not group_alive(proc.pid))
+
+
+@contextmanager
+def launched(
+    args: list[str], tmp: Path, env: dict[str, str] | None = None, name: str = "launcher"
+) -> Iterator[subprocess.Popen]:
+    """`python run.py args` in its own process group, output in tmp/<name>.{out,err}; killed
+    with its group when the block ends."""
+    with open(tmp / f"{name}.out", "w") as out, open(tmp / f"{name}.err", "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(PROJECT_ROOT / "run.py"), *args],
+            stdout=out,
+            stderr=err,
+            cwd=PROJECT_ROOT,
+            env=cli_env(env),
+            start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def logged_passes(where: Path | str, run_id: str) -> list[int]:
+    """The passes run `run_id` has logged (steps of test/acc, the last metric of a pass)."""
+    client = MlflowClient(store_uri(where))
+    return sorted(m.step for m in client.get_metric_history(run_id, "test/acc"))
+
+
+def kill_when_logged(proc: subprocess.Popen, where: Path | str, experiment: str, passes: int = 1):
+    """SIGKILL `proc`'s process group once one of the experiment's runs logged `passes` passes;
+    return that run (as it was just before the kill)."""
+
+    def logged():
+        runs = runs_of(where, experiment)
+        return next((r for r in runs if len(logged_passes(where, r.info.run_id)) >= passes), None)
+
+    run = wait_for(f"a run of {experiment} to log {passes} pass(es)", logged, proc)
+    stop(proc)
+    return run

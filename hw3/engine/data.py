@@ -43,6 +43,20 @@ class Split:
 
 
 @dataclass(frozen=True)
+class DatasetFiles:
+    """The four decompressed files of a copy of FashionMNIST: their folder and MD5s."""
+
+    raw: Path
+    md5: dict[str, str]  # file name → MD5 of its bytes
+
+    @property
+    def digest(self) -> str:
+        """The dataset's identity: one short hash of the four files' MD5s."""
+        listing = "".join(f"{name} {md5}\n" for name, md5 in sorted(self.md5.items()))
+        return hashlib.sha256(listing.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
 class FashionMNIST:
     """Preprocessed train and test splits and the normalisation that was applied."""
 
@@ -138,8 +152,9 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify(path: Path, kind: str, expected_md5: str | None) -> None:
-    """Check an IDX file's magic number, length and (if given) MD5; raise DataError if off."""
+def verify(path: Path, kind: str, md5: str, expected_md5: str | None) -> None:
+    """Check an IDX file's magic number, length and (if given) that its `md5` is the expected
+    one; raise DataError if off."""
     size = path.stat().st_size
     ndim = 3 if kind == "images" else 1
     header = 4 * (1 + ndim)
@@ -155,16 +170,18 @@ def verify(path: Path, kind: str, expected_md5: str | None) -> None:
     expected = header + int(torch.tensor(dims).prod())
     if size != expected:
         raise DataError(f"{path}: truncated or padded ({size} bytes, expected {expected}); {fix}")
-    if expected_md5 is not None and (md5 := _md5(path)) != expected_md5:
+    if expected_md5 is not None and md5 != expected_md5:
         raise DataError(f"{path}: MD5 {md5} is not the official {expected_md5}; {fix}")
 
 
 def _split(
-    raw: Path, prefix: str, checksums: Mapping[str, str] | None
+    files: DatasetFiles, prefix: str, checksums: Mapping[str, str] | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
+    images = files.raw / f"{prefix}-images-idx3-ubyte"
+    labels = files.raw / f"{prefix}-labels-idx1-ubyte"
     for path, kind in ((images, "images"), (labels, "labels")):
-        verify(path, kind, None if checksums is None else checksums[path.name])
+        expected = None if checksums is None else checksums[path.name]
+        verify(path, kind, files.md5[path.name], expected)
     x, y = read_image_file(str(images)), read_label_file(str(labels))
     if len(x) != len(y):
         raise DataError(f"{images} holds {len(x)} images but {labels} {len(y)} labels")
@@ -174,6 +191,44 @@ def _split(
 def preprocess(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """uint8 (N, 28, 28) → float32 (N, 1, 28, 28): ToTensor's /255, then Normalize's (x-m)/s."""
     return images.unsqueeze(1).float().div(255).sub(mean).div(std)
+
+
+def locate(
+    root: str | os.PathLike, *, system_dir: str | os.PathLike | None, download: bool
+) -> DatasetFiles:
+    """Make the four files present under `root` (see `resolve`) and take their MD5s."""
+    raw = resolve(root, system_dir=system_dir, download=download)
+    return DatasetFiles(raw, {name: _md5(raw / name) for name in OFFICIAL_MD5})
+
+
+def read_fashion_mnist(
+    files: DatasetFiles,
+    *,
+    normalize: bool,
+    mean: float | None,
+    std: float | None,
+    train_size: int | None,
+    test_size: int | None,
+    checksums: Mapping[str, str] | None,
+) -> FashionMNIST:
+    """Verify and preprocess both splits; subsets are the first `*_size` examples.
+
+    With `normalize`, `mean`/`std` default to those of the whole training split in [0, 1].
+    """
+    x_train, y_train = _split(files, "train", checksums)
+    x_test, y_test = _split(files, "t10k", checksums)
+    if normalize:
+        scaled = x_train.double().div(255)
+        mean = float(scaled.mean()) if mean is None else mean
+        std = float(scaled.std()) if std is None else std
+    else:
+        mean, std = 0.0, 1.0
+    return FashionMNIST(
+        train=Split(preprocess(x_train[:train_size], mean, std), y_train[:train_size]),
+        test=Split(preprocess(x_test[:test_size], mean, std), y_test[:test_size]),
+        mean=mean,
+        std=std,
+    )
 
 
 def load_fashion_mnist(
@@ -188,22 +243,14 @@ def load_fashion_mnist(
     system_dir: str | os.PathLike | None = SYSTEM_DIR,
     checksums: Mapping[str, str] | None = OFFICIAL_MD5,
 ) -> FashionMNIST:
-    """Load, verify and preprocess both splits; subsets are the first `*_size` examples.
-
-    With `normalize`, `mean`/`std` default to those of the whole training split in [0, 1].
-    """
-    raw = resolve(root, system_dir=system_dir, download=download)
-    x_train, y_train = _split(raw, "train", checksums)
-    x_test, y_test = _split(raw, "t10k", checksums)
-    if normalize:
-        scaled = x_train.double().div(255)
-        mean = float(scaled.mean()) if mean is None else mean
-        std = float(scaled.std()) if std is None else std
-    else:
-        mean, std = 0.0, 1.0
-    return FashionMNIST(
-        train=Split(preprocess(x_train[:train_size], mean, std), y_train[:train_size]),
-        test=Split(preprocess(x_test[:test_size], mean, std), y_test[:test_size]),
+    """`locate` the files under `root`, then `read_fashion_mnist` them."""
+    files = locate(root, system_dir=system_dir, download=download)
+    return read_fashion_mnist(
+        files,
+        normalize=normalize,
         mean=mean,
         std=std,
+        train_size=train_size,
+        test_size=test_size,
+        checksums=checksums,
     )

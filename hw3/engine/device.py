@@ -9,6 +9,10 @@ from contextlib import contextmanager
 
 import torch
 
+# cuBLAS reads this when it creates its handle: deterministic matmuls need a fixed workspace.
+# Set before any CUDA work; a value the user set wins.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
 DEVICES = ("auto", "cpu", "cuda")
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 _HEAP_BLOCK_LIMIT = 1 << 30  # blocks below this come from (and go back to) the heap
@@ -45,6 +49,30 @@ def ieee_fp32() -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """With `enabled`, only deterministic CUDA kernels inside the block (cuDNN, cuBLAS, ...).
+
+    An operation with no deterministic kernel warns instead of failing (warn_only), so that a
+    run never dies of it; benchmarks/gpu_check.sh checks that reruns are bit-identical. On CPU
+    hw3's operations are deterministic either way.
+    """
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    if enabled:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
 
 
 def reuse_cpu_memory() -> bool:

@@ -13,7 +13,13 @@ import torch
 from tqdm import tqdm
 
 from hw3.engine.data import FashionMNIST
-from hw3.engine.device import ieee_fp32, resolve_device, reuse_cpu_memory, synchronize
+from hw3.engine.device import (
+    deterministic_kernels,
+    ieee_fp32,
+    resolve_device,
+    reuse_cpu_memory,
+    synchronize,
+)
 from hw3.engine.evaluation import eval_mode, full_pass
 from hw3.engine.models import build_model
 from hw3.engine.smoothness import effective_smoothness
@@ -72,6 +78,7 @@ def train(
     smoothness: bool,
     chunk_size: int,
     cuda_graphs: bool,
+    deterministic: bool,
     on_pass_end: PassCallback | None = None,
     checkpoint: str | os.PathLike | None = None,
 ) -> list[Metrics]:
@@ -108,7 +115,7 @@ def train(
     n = len(y_train)
     step = TrainStep(net, optimizer, x_train, y_train, batch_size, graphs=cuda_graphs)
     net.train()
-    with ieee_fp32():
+    with ieee_fp32(), deterministic_kernels(deterministic):
         for epoch in range(len(history) + 1, epochs + 1):
             # The training pass: one shuffled sweep of minibatches.
             order = torch.randperm(n, generator=shuffle).to(dev)

@@ -1,21 +1,36 @@
-"""One job: a validated config → one training run → one MLflow run that resumes and never lies."""
+"""One job: a validated config → one training run → one MLflow run that resumes and never lies.
+
+A job's run is found by its fingerprint: what the config asks to compute, the engine's code
+version and the data's digest. FINISHED → skipped; trained by a live process → skipped;
+unfinished → resumed in place from its checkpoint; else a new run. While a job trains, it holds
+a claim on its configuration and its run carries a heartbeat (hw3.tracking.claim).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import tempfile
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from mlflow.entities import Run
 
-from hw3.engine.data import OFFICIAL_MD5, DataError, load_fashion_mnist
+from hw3.engine.data import (
+    OFFICIAL_MD5,
+    SYSTEM_DIR,
+    DataError,
+    DatasetFiles,
+    locate,
+    read_fashion_mnist,
+)
 from hw3.engine.device import DeviceError, resolve_device
 from hw3.engine.train import Diverged, Metrics, train
+from hw3.engine.version import engine_version
+from hw3.tracking.claim import Claim, Heartbeat, holder_tags, live_holder, now_ms
 from hw3.tracking.schema import PLACE_KEYS, Config, ConfigError, flatten, resolve_path, validate
 from hw3.tracking.store import (
     ENV_EXPERIMENT,
@@ -29,6 +44,8 @@ from hw3.tracking.store import (
     find_runs,
     fingerprint,
     git_state,
+    local_folder,
+    log_dataset,
     log_values,
     logged_steps,
     redact,
@@ -36,8 +53,9 @@ from hw3.tracking.store import (
 
 log = logging.getLogger("hw3")
 
-NOT_PARAMS = ("tracking.uri", "force")  # the URI may carry credentials; force is per launch
+NOT_LOGGED = ("tracking.uri", "force")  # the URI may carry credentials; force is per launch
 PROGRESS = ("train/loss", "test/acc", "smoothness/L", "time/train_pass_s")
+FAILURE_TAGS = ("error", "diverged", "diverged_pass")  # cleared when a run resumes
 
 
 class RunFailed(RuntimeError):
@@ -64,142 +82,332 @@ class Sweep:
         )
 
 
+def experiment_values(cfg: Config) -> dict[str, Any]:
+    """The config's keys that define what is computed (all but schema.PLACE_KEYS)."""
+    return {k: v for k, v in flatten(cfg).items() if k not in PLACE_KEYS}
+
+
 def config_fingerprint(cfg: Config) -> str:
-    """Hash of everything that determines the results (not where they are stored)."""
-    return fingerprint({k: v for k, v in flatten(cfg).items() if k not in PLACE_KEYS})
+    """Hash of what the config asks to compute (not where it is stored, nor how fast)."""
+    return fingerprint(experiment_values(cfg))
 
 
-def _record_failure(store: Store, run_id: str, err: BaseException) -> None:
-    text = "".join(traceback.format_exception(err))
-    tags = {"error": str(err).splitlines()[0][:4000] if str(err) else type(err).__name__}
-    if isinstance(err, Diverged):
-        tags |= {"diverged": "true", "diverged_pass": err.epoch}
-    log_values(store, run_id, tags=tags)
-    store.client.log_text(run_id, text, "error.txt")
-    status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-    store.client.set_terminated(run_id, status)
+def run_fingerprint(cfg: Config, dataset_digest: str) -> str:
+    """Hash of all that determines a run's results: the config, the engine's code, the data."""
+    return fingerprint(
+        {"config": config_fingerprint(cfg), "engine": engine_version(), "data": dataset_digest}
+    )
 
 
-def _log_artifacts(store: Store, run_id: str, hydra_dir: Path | None, ckpt: Path) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        if hydra_dir is not None and hydra_dir.is_dir():
-            (Path(tmp) / ".hydra").mkdir()
-            for src in hydra_dir.glob("*.yaml"):  # the URI in them may carry credentials
-                (Path(tmp) / ".hydra" / src.name).write_text(redact(src.read_text()))
-            store.client.log_artifacts(run_id, str(Path(tmp) / ".hydra"), ".hydra")
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
-        path = Path(tmp) / "state_dict.pt"
-        torch.save(state, path)
-        store.client.log_artifact(run_id, str(path), "model")
+def engine_kwargs(cfg: Config) -> dict[str, Any]:
+    """The config as arguments of hw3.engine.train.train (but data, device and callbacks)."""
+    return {
+        "model": cfg.model.name,
+        "lr": cfg.optimizer.lr,
+        "momentum": cfg.optimizer.momentum,
+        "weight_decay": cfg.optimizer.weight_decay,
+        "epochs": cfg.trainer.epochs,
+        "batch_size": cfg.trainer.batch_size,
+        "seed": cfg.seed,
+        "smoothness": cfg.trainer.smoothness,
+        "chunk_size": cfg.trainer.chunk_size,
+        "cuda_graphs": cfg.trainer.cuda_graphs,
+        "deterministic": cfg.trainer.deterministic,
+    }
 
 
-def _open_run(
-    store: Store, experiment: str, cfg: Config, tags: dict[str, str], ckpt: Path
-) -> str | None:
-    """The run to train into: a new one, or an unfinished one to resume; None to skip."""
-    name = tags["mlflow.runName"]
-    earlier = find_runs(store, experiment, kind="train", fingerprint=tags["fingerprint"])
-    done = next((r for r in earlier if r.info.status == "FINISHED"), None)
-    if done is not None and not cfg.force:
-        run_id = done.info.run_id
-        log.info("skip %s: already FINISHED as run %s (force=true reruns it)", name, run_id)
-        return None
-    resumable = next((r for r in earlier if r.info.status != "FINISHED"), None)
-    if cfg.force or resumable is None:
-        ckpt.unlink(missing_ok=True)
-        return store.client.create_run(experiment, tags=tags, run_name=name).info.run_id
-    run_id = resumable.info.run_id
-    store.client.update_run(run_id, status="RUNNING")
-    for key in ("error", "diverged", "diverged_pass"):
-        if key in resumable.data.tags:
-            store.client.delete_tag(run_id, key)
-    log_values(store, run_id, tags=tags)  # the sweep resuming it becomes its parent
-    log.info("resume %s: run %s from its last checkpoint", name, run_id)
-    return run_id
+def _dataset_name(cfg: Config) -> str:
+    """'FashionMNIST', with the subset when one is used: the UI's Dataset column shows it."""
+    sizes = {"train": cfg.data.train_size, "test": cfg.data.test_size}
+    return " ".join(["FashionMNIST", *(f"{s}[:{n}]" for s, n in sizes.items() if n is not None)])
 
 
-def run_job(cfg: Config, *, overrides: list[str], hydra_dir: Path | None) -> str | None:
-    """Train per `cfg` into its MLflow run; return the run id, or None if it was already done.
+def _record_on_parent(store: Store, sweep: Sweep, fp: str, run_id: str, *, training: bool) -> None:
+    """List the job in its sweep's parent run (run or skipped), so the sweep can be analysed;
+    a job that trains keeps the parent RUNNING (another copy of the sweep may have closed it)."""
+    if sweep.parent_run_id is None:
+        return
+    log_values(store, sweep.parent_run_id, tags={f"job.{fp}": run_id})
+    if training:
+        store.client.update_run(sweep.parent_run_id, status="RUNNING")
 
-    A FINISHED run with the same fingerprint is skipped unless `cfg.force`; an unfinished one
-    (killed or failed) is resumed from its checkpoint in the same MLflow run.
-    """
+
+class Job:
+    """One configuration's MLflow run, claimed by this process until `close`."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        store: Store,
+        sweep: Sweep,
+        run_id: str,
+        files: DatasetFiles,
+        checkpoint: Path,
+        claim: Claim,
+        hydra_dir: Path | None,
+    ) -> None:
+        self.cfg, self.store, self.sweep, self.run_id = cfg, store, sweep, run_id
+        self.files, self.checkpoint, self.hydra_dir = files, checkpoint, hydra_dir
+        self.name = f"{cfg.model.name}-seed{cfg.seed}"
+        self._claim = claim
+        self._logged: set[int] = set()
+        self._heartbeat = Heartbeat(self._beat, cfg.tracking.heartbeat_s)
+
+    def _beat(self) -> None:
+        log_values(self.store, self.run_id, tags={"heartbeat": now_ms()})
+
+    def start(self) -> None:
+        """Record what the run computes, where and how; then keep it marked alive."""
+        values = {k: v for k, v in flatten(self.cfg).items() if k not in NOT_LOGGED}
+        params = {k: v for k, v in values.items() if k not in PLACE_KEYS}
+        # Where and how may differ when a run resumes: tags can change, params cannot.
+        where_how = {k: v for k, v in values.items() if k in PLACE_KEYS}
+        log_values(self.store, self.run_id, params=params, tags=where_how)
+        log_dataset(
+            self.store,
+            self.run_id,
+            name=_dataset_name(self.cfg),
+            digest=self.files.digest,
+            source=self.files.raw,
+            profile={
+                "md5": self.files.md5,
+                "train_size": self.cfg.data.train_size,
+                "test_size": self.cfg.data.test_size,
+            },
+        )
+        self._logged = logged_steps(self.store, self.run_id, "test/acc")
+        self._heartbeat.start()
+
+    def on_pass_end(self, epoch: int, metrics: Metrics) -> None:
+        """Log a finished pass, unless it was logged before a kill (a replay from a checkpoint)."""
+        if epoch in self._logged:
+            return
+        log_values(self.store, self.run_id, metrics=metrics, step=epoch, timestamp_ms=now_ms())
+        shown = " ".join(f"{k}={metrics[k]:.4g}" for k in PROGRESS if k in metrics)
+        log.info("%s pass %d/%d: %s", self.name, epoch, self.cfg.trainer.epochs, shown)
+
+    def run(self) -> None:
+        """Start, train into the run, then end it FINISHED; or FAILED with its one-line error."""
+        try:
+            self.start()
+            device = resolve_device(self.cfg.trainer.device)
+            log_values(self.store, self.run_id, tags={"device": device.type})
+            data = read_fashion_mnist(
+                self.files,
+                normalize=self.cfg.data.normalize,
+                mean=self.cfg.data.mean,
+                std=self.cfg.data.std,
+                train_size=self.cfg.data.train_size,
+                test_size=self.cfg.data.test_size,
+                checksums=OFFICIAL_MD5 if self.cfg.data.verify else None,
+            )
+            train(
+                data,
+                **engine_kwargs(self.cfg),
+                device=device.type,
+                on_pass_end=self.on_pass_end,
+                checkpoint=self.checkpoint,
+            )
+        except Diverged as err:
+            if self.cfg.trainer.on_divergence == "stop":
+                log.info("%s: %s; stopped (trainer.on_divergence=stop)", self.name, err)
+                self.finish(diverged=err)
+                return
+            self.fail(err)
+            raise RunFailed(f"{self.name} FAILED: {err}") from err
+        except (DataError, DeviceError) as err:
+            self.fail(err)
+            raise RunFailed(f"{self.name} FAILED: {str(err).splitlines()[0]}") from err
+        except BaseException as err:
+            self.fail(err)
+            raise
+        self.finish()
+
+    def finish(self, diverged: Diverged | None = None) -> None:
+        """Log the artifacts and end the run FINISHED (tagged diverged if it stopped so)."""
+        if diverged is not None:
+            tags = {"diverged": "true", "diverged_pass": diverged.epoch}
+            log_values(self.store, self.run_id, tags=tags)
+        self._log_artifacts()
+        self.store.client.set_terminated(self.run_id, "FINISHED")
+        self.checkpoint.unlink(missing_ok=True)
+
+    def fail(self, err: BaseException) -> None:
+        """End the run FAILED (KILLED for Ctrl-C) with its error as a tag and error.txt."""
+        tags = {"error": str(err).splitlines()[0][:4000] if str(err) else type(err).__name__}
+        if isinstance(err, Diverged):
+            tags |= {"diverged": "true", "diverged_pass": err.epoch}
+        log_values(self.store, self.run_id, tags=tags)
+        self.store.client.log_text(
+            self.run_id, "".join(traceback.format_exception(err)), "error.txt"
+        )
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        self.store.client.set_terminated(self.run_id, status)
+
+    def close(self) -> None:
+        """Stop the heartbeat and give up the claim."""
+        self._heartbeat.stop()
+        self._claim.release()
+
+    def _log_artifacts(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            if self.hydra_dir is not None and self.hydra_dir.is_dir():
+                (Path(tmp) / ".hydra").mkdir()
+                for src in self.hydra_dir.glob("*.yaml"):  # the URI may carry credentials
+                    (Path(tmp) / ".hydra" / src.name).write_text(redact(src.read_text()))
+                self.store.client.log_artifacts(self.run_id, str(Path(tmp) / ".hydra"), ".hydra")
+            if not self.checkpoint.is_file():
+                return  # diverged in its first pass: no weights worth keeping
+            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)["model"]
+            path = Path(tmp) / "state_dict.pt"
+            torch.save(state, path)
+            self.store.client.log_artifact(self.run_id, str(path), "model")
+
+
+def open_job(cfg: Config, *, overrides: list[str], hydra_dir: Path | None) -> Job | None:
+    """Claim `cfg`'s run (new, or resumed in place); None if it is done or trained elsewhere."""
+    name = f"{cfg.model.name}-seed{cfg.seed}"
     try:
         validate(cfg)
         sweep = Sweep.from_env(cfg.tracking.experiment)
         # The sweep's launcher checked the store; its jobs ride out a server restart on retries.
         store = connect(cfg.tracking.uri, probe=sweep.parent_run_id is None)
         experiment = sweep.experiment_id or experiment_id(store, cfg.tracking.experiment)
+        files = locate(
+            resolve_path(cfg.data.root), system_dir=SYSTEM_DIR, download=cfg.data.download
+        )
     except (ConfigError, TrackingError) as err:
-        raise RunFailed(str(err)) from err
-    fp = config_fingerprint(cfg)
-    name = f"{cfg.model.name}-seed{cfg.seed}"
+        raise RunFailed(str(err).splitlines()[0]) from err
+    except DataError as err:
+        raise RunFailed(f"{name}: {str(err).splitlines()[0]}") from err
+    fp = run_fingerprint(cfg, files.digest)
+    folder = local_folder(resolve_path(cfg.trainer.checkpoint_dir), store, experiment)
+    claim = Claim.take(folder / f"{fp}.lock")
+    if isinstance(claim, str):
+        live = find_runs(store, experiment, kind="train", fingerprint=fp)
+        run_id = next((r.info.run_id for r in live if r.info.status == "RUNNING"), None)
+        log.info("skip %s: run %s is being trained by %s", name, run_id or "(new)", claim)
+        if run_id is not None:
+            _record_on_parent(store, sweep, fp, run_id, training=False)
+        return None
     tags = {
         "mlflow.runName": name,
         "kind": "train",
         "model": cfg.model.name,
         "seed": str(cfg.seed),
         "fingerprint": fp,
+        "config_fingerprint": config_fingerprint(cfg),
+        "engine_version": engine_version(),
+        "dataset_digest": files.digest,
         "overrides": redact(" ".join(overrides)),
         "torch_version": torch.__version__,
         **git_state(),
+        **holder_tags(),
+        "heartbeat": str(now_ms()),
     }
     if sweep.parent_run_id is not None:
         tags |= {"mlflow.parentRunId": sweep.parent_run_id, "sweep_id": sweep.sweep_id}
-    ckpt = resolve_path(cfg.trainer.checkpoint_dir) / experiment / f"{fp}.pt"
-    run_id = _open_run(store, experiment, cfg, tags, ckpt)
-    if run_id is None:
-        return None
-
     try:
-        params = {k: v for k, v in flatten(cfg).items() if k not in NOT_PARAMS}
-        log_values(store, run_id, params=params)
-        device = resolve_device(cfg.trainer.device)
-        where = {"device": device.type, "host": socket.gethostname(), "pid": os.getpid()}
-        log_values(store, run_id, tags=where)
-        already = logged_steps(store, run_id, "test/acc")
-
-        def on_pass_end(epoch: int, metrics: Metrics) -> None:
-            if epoch in already:  # replayed from a checkpoint and logged before the kill
-                return
-            now = int(time.time() * 1000)
-            log_values(store, run_id, metrics=metrics, step=epoch, timestamp_ms=now)
-            shown = " ".join(f"{k}={metrics[k]:.4g}" for k in PROGRESS if k in metrics)
-            log.info("%s pass %d/%d: %s", name, epoch, cfg.trainer.epochs, shown)
-
-        data = load_fashion_mnist(
-            resolve_path(cfg.data.root),
-            normalize=cfg.data.normalize,
-            mean=cfg.data.mean,
-            std=cfg.data.std,
-            train_size=cfg.data.train_size,
-            test_size=cfg.data.test_size,
-            download=cfg.data.download,
-            checksums=OFFICIAL_MD5 if cfg.data.verify else None,
-        )
-        train(
-            data,
-            model=cfg.model.name,
-            lr=cfg.optimizer.lr,
-            momentum=cfg.optimizer.momentum,
-            weight_decay=cfg.optimizer.weight_decay,
-            epochs=cfg.trainer.epochs,
-            batch_size=cfg.trainer.batch_size,
-            seed=cfg.seed,
-            device=device.type,
-            smoothness=cfg.trainer.smoothness,
-            chunk_size=cfg.trainer.chunk_size,
-            cuda_graphs=cfg.trainer.cuda_graphs,
-            on_pass_end=on_pass_end,
-            checkpoint=ckpt,
-        )
-        _log_artifacts(store, run_id, hydra_dir, ckpt)
-        store.client.set_terminated(run_id, "FINISHED")
-    except (DataError, DeviceError, Diverged) as err:
-        _record_failure(store, run_id, err)
-        raise RunFailed(f"{name} FAILED: {str(err).splitlines()[0]}") from err
-    except BaseException as err:
-        _record_failure(store, run_id, err)
+        run_id, train_it = _open_run(store, experiment, cfg, tags, folder)
+    except BaseException:
+        claim.release()
         raise
-    ckpt.unlink(missing_ok=True)
-    return run_id
+    if run_id is not None:
+        _record_on_parent(store, sweep, fp, run_id, training=train_it)
+    if not train_it:
+        claim.release()
+        return None
+    return Job(cfg, store, sweep, run_id, files, folder / f"{run_id}.pt", claim, hydra_dir)
+
+
+def _open_run(
+    store: Store, experiment: str, cfg: Config, tags: dict[str, str], folder: Path
+) -> tuple[str | None, bool]:
+    """The run of this job, and whether to train into it (a new one, or an unfinished one to
+    resume) or not (FINISHED, or trained by another live process)."""
+    name, fp = tags["mlflow.runName"], tags["fingerprint"]
+    stale_after_s = cfg.tracking.stale_after_s
+    earlier = find_runs(store, experiment, kind="train", fingerprint=fp)
+    done = next((r for r in earlier if r.info.status == "FINISHED"), None)
+    if done is not None and not cfg.force:
+        log.info(
+            "skip %s: already FINISHED as run %s (force=true reruns it)", name, done.info.run_id
+        )
+        return done.info.run_id, False
+    for run in earlier:
+        if who := live_holder(run.data.tags, run.info.status, stale_after_s=stale_after_s):
+            log.info("skip %s: run %s is being trained by %s", name, run.info.run_id, who)
+            return run.info.run_id, False
+    _supersede_older_versions(store, experiment, tags, stale_after_s)
+    resumable = next((r for r in earlier if r.info.status != "FINISHED"), None)
+    if cfg.force or resumable is None:
+        return store.client.create_run(experiment, tags=tags, run_name=name).info.run_id, True
+    run_id = resumable.info.run_id
+    if logged_steps(store, run_id, "test/acc") and not (folder / f"{run_id}.pt").is_file():
+        return _restart(store, experiment, resumable, tags, folder / f"{run_id}.pt"), True
+    for key in FAILURE_TAGS:
+        if key in resumable.data.tags:
+            store.client.delete_tag(run_id, key)
+    log_values(store, run_id, tags=tags)  # this process holds it now; this sweep is its parent
+    store.client.update_run(run_id, status="RUNNING")
+    log.info("resume %s: run %s from its last checkpoint", name, run_id)
+    return run_id, True
+
+
+def _restart(store: Store, experiment: str, old: Run, tags: dict[str, str], lost: Path) -> str:
+    """A new run in place of `old`, whose passes were logged but whose checkpoint is gone."""
+    name = tags["mlflow.runName"]
+    new = store.client.create_run(experiment, tags=tags | {"restarted_from": old.info.run_id})
+    why = f"checkpoint {lost} is gone; restarted from pass 1 as run {new.info.run_id}"
+    log_values(store, old.info.run_id, tags={"restarted_as": new.info.run_id, "error": why})
+    if old.info.status == "RUNNING":
+        store.client.set_terminated(old.info.run_id, "KILLED")
+    log.warning("restart %s: run %s logged passes but its %s", name, old.info.run_id, why)
+    return new.info.run_id
+
+
+def _supersede_older_versions(
+    store: Store, experiment: str, tags: dict[str, str], stale_after_s: float
+) -> None:
+    """Say so, once, when unfinished runs of this config were computed by other engine code or
+    data: they are not resumed (their results would mix) and stop counting as running."""
+    same_config = find_runs(
+        store, experiment, kind="train", config_fingerprint=tags["config_fingerprint"]
+    )
+    for run in same_config:
+        old = run.data.tags
+        if run.info.status == "FINISHED" or old["fingerprint"] == tags["fingerprint"]:
+            continue
+        if "superseded" in old or live_holder(old, run.info.status, stale_after_s=stale_after_s):
+            continue
+        changed = [
+            f"{key} {old.get(key, '?')} → {tags[key]}"
+            for key in ("engine_version", "dataset_digest")
+            if old.get(key) != tags[key]
+        ]
+        log.info(
+            "not resuming run %s of %s: %s; a new run starts",
+            run.info.run_id,
+            tags["mlflow.runName"],
+            ", ".join(changed),
+        )
+        log_values(store, run.info.run_id, tags={"superseded": ", ".join(changed)})
+        if run.info.status == "RUNNING":
+            store.client.set_terminated(run.info.run_id, "KILLED")
+
+
+def run_job(cfg: Config, *, overrides: list[str], hydra_dir: Path | None) -> str | None:
+    """Train per `cfg` into its MLflow run; return the run id, or None if it was not trained here.
+
+    A FINISHED run with the same fingerprint is skipped unless `cfg.force`; one that a live
+    process trains is skipped; an unfinished one (killed or failed) is resumed from its
+    checkpoint in the same MLflow run.
+    """
+    job = open_job(cfg, overrides=overrides, hydra_dir=hydra_dir)
+    if job is None:
+        return None
+    try:
+        job.run()
+    finally:
+        job.close()
+    return job.run_id

@@ -13,9 +13,16 @@ from hw3.engine.device import DEVICES
 from hw3.engine.models import MODELS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-# Keys that say where things live, not what is computed: left out of the fingerprint.
-PLACE_KEYS = ("tracking.uri", "tracking.experiment", "force", "data.root", "data.download")
-PLACE_KEYS += ("data.verify", "trainer.checkpoint_dir")
+# Keys that say where things live or how a launch behaves, and keys that change only how fast
+# (or on which device) the same computation runs. Neither is part of what a run computes: both
+# stay out of the fingerprint and the params (they are logged as tags, which a resumed run may
+# change). Every other key defines the experiment.
+WHERE_KEYS = ("tracking.uri", "tracking.experiment", "tracking.heartbeat_s")
+WHERE_KEYS += ("tracking.stale_after_s", "force", "data.root", "data.download", "data.verify")
+WHERE_KEYS += ("trainer.checkpoint_dir",)
+HOW_KEYS = ("trainer.device", "trainer.chunk_size", "trainer.cuda_graphs", "trainer.deterministic")
+PLACE_KEYS = WHERE_KEYS + HOW_KEYS
+ON_DIVERGENCE = ("fail", "stop")
 
 
 class ConfigError(ValueError):
@@ -55,6 +62,8 @@ class TrainerConfig:
     smoothness: bool = MISSING
     chunk_size: int = MISSING
     cuda_graphs: bool = MISSING
+    deterministic: bool = MISSING
+    on_divergence: str = MISSING
     checkpoint_dir: str = MISSING
 
 
@@ -62,6 +71,8 @@ class TrainerConfig:
 class TrackingConfig:
     uri: str | None = MISSING
     experiment: str = MISSING
+    heartbeat_s: float = MISSING
+    stale_after_s: float = MISSING
 
 
 @dataclass
@@ -88,7 +99,10 @@ _RANGES = [
     ("trainer.batch_size", lambda v: v >= 1, ">= 1"),
     ("trainer.device", lambda v: v in DEVICES, f"one of {', '.join(DEVICES)}"),
     ("trainer.chunk_size", lambda v: v >= 1, ">= 1"),
+    ("trainer.on_divergence", lambda v: v in ON_DIVERGENCE, f"one of {', '.join(ON_DIVERGENCE)}"),
     ("tracking.experiment", lambda v: bool(v.strip()), "a non-empty name"),
+    ("tracking.heartbeat_s", lambda v: v > 0, "> 0"),
+    ("tracking.stale_after_s", lambda v: v > 0, "> 0"),
 ]
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import subprocess
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +23,9 @@ from urllib.parse import urlparse
 # with KeyError. So telemetry is off here unless asked for (MLFLOW_DISABLE_TELEMETRY=false).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 
 from hw3.tracking.schema import PROJECT_ROOT
@@ -28,6 +33,9 @@ from hw3.tracking.schema import PROJECT_ROOT
 DEFAULT_STORE = PROJECT_ROOT / "mlruns"
 SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
 PROBE_TIMEOUT_S = 5  # how long an unreachable server may keep a launch waiting
+SCHEMA_WAIT_S = 60  # how long to wait for another process to finish a new store's schema
+# The experiments' kind, so that MLflow 3's UI shows them as model training, not GenAI.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 # Environment that a sweep's launching process hands its jobs (see hw3.tracking.sweep).
 ENV_EXPERIMENT, ENV_EXPERIMENT_ID = "HW3_EXPERIMENT", "HW3_EXPERIMENT_ID"
 ENV_PARENT, ENV_SWEEP = "HW3_PARENT_RUN_ID", "HW3_SWEEP_ID"
@@ -52,24 +60,90 @@ class Store:
 
 
 def resolve_uri(uri: str | None) -> str:
-    """`uri`, else $MLFLOW_TRACKING_URI, else the project's SQLite store; checked for a scheme."""
+    """`uri`, else $MLFLOW_TRACKING_URI, else the project's SQLite store; checked for a scheme.
+
+    Relative paths (sqlite:///rel/mlflow.db, a bare folder) resolve from the project root.
+    """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE / 'mlflow.db'}"
     scheme = urlparse(uri).scheme
     if scheme == "":
-        return Path(uri).expanduser().resolve().as_uri()  # a plain folder: MLflow's file store
+        return _from_root(uri).as_uri()  # a plain folder: MLflow's file store
     if scheme.split("+")[0] not in SCHEMES:
         raise TrackingError(
             f"unknown tracking URI scheme {scheme!r} in {redact(uri)!r}; use "
             "sqlite:///PATH/mlflow.db, http://HOST:PORT or leave tracking.uri=null "
             "for the project store"
         )
+    if uri.startswith("sqlite:///"):
+        return f"sqlite:///{_from_root(uri.removeprefix('sqlite:///'))}"
     return uri
+
+
+def _from_root(path: str) -> Path:
+    """`path` made absolute, a relative one from the project root."""
+    p = Path(path).expanduser()
+    return (p if p.is_absolute() else PROJECT_ROOT / p).resolve()
 
 
 def _sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
     return Path(uri.removeprefix("sqlite:///")).expanduser()
+
+
+def local_folder(root: Path, store: Store, experiment: str) -> Path:
+    """The folder under `root` for files of one experiment of one store (checkpoints, claims):
+    never shared with another store, whichever the experiment's id there."""
+    db = _sqlite_path(store.uri)
+    where = str(db.resolve()) if db is not None else redact(store.uri).rstrip("/").lower()
+    return root / hashlib.sha256(where.encode()).hexdigest()[:12] / experiment
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if need be) for the block; wait for it."""
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _create_sqlite_store(db: Path) -> None:
+    """Give a new SQLite store its schema in a private file, then publish that file at once.
+
+    MLflow creates a schema in place, migration by migration; two processes doing that on one
+    file leave it half-migrated for good. Here one process (of ours) builds it beside the file
+    and links it in place, which fails harmlessly if the file appeared in the meantime.
+    """
+    with file_lock(db.with_name(f".{db.name}.lock")):
+        if db.exists():
+            return
+        tmp = db.with_name(f".{db.name}.{os.getpid()}.new")
+        tmp.unlink(missing_ok=True)
+        try:
+            SqlAlchemyStore(f"sqlite:///{tmp}", db.parent.as_uri()).engine.dispose()
+            os.link(tmp, db)
+        except FileExistsError:
+            pass  # another program created it: wait for its schema in `connect`
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def _open_client(uri: str) -> MlflowClient:
+    """A client whose store's schema is complete, waiting while another process migrates it."""
+    deadline = time.monotonic() + SCHEMA_WAIT_S
+    while True:
+        client = MlflowClient(uri)
+        try:
+            client.search_experiments(max_results=1)  # creates or checks the schema
+            return client
+        except MlflowException as err:
+            # "out-of-date database schema" while someone else migrates a new store in place
+            if "out-of-date" not in err.message or time.monotonic() > deadline:
+                raise
+        time.sleep(0.5)
 
 
 def _check_reachable(uri: str) -> None:
@@ -97,7 +171,8 @@ def connect(uri: str | None, *, probe: bool = True) -> Store:
     restart on MLflow's retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, …_BACKOFF_FACTOR).
     """
     uri = resolve_uri(uri)
-    if (db := _sqlite_path(uri)) is not None:
+    db = _sqlite_path(uri)
+    if db is not None:
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
             if not os.access(db.parent, os.W_OK):
@@ -109,9 +184,10 @@ def connect(uri: str | None, *, probe: bool = True) -> Store:
             ) from err
     if probe and urlparse(uri).scheme in ("http", "https"):
         _check_reachable(uri)
-    client = MlflowClient(uri)
     try:
-        client.search_experiments(max_results=1)  # creates or migrates a database's schema
+        if db is not None and not db.exists():
+            _create_sqlite_store(db)
+        client = _open_client(uri)
     except MlflowException as err:
         raise TrackingError(
             f"cannot open tracking store {redact(uri)}: {err.message.splitlines()[0]}"
@@ -142,7 +218,8 @@ def experiment_id(store: Store, name: str) -> str:
     experiment = store.client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return store.client.create_experiment(name, artifact_location(store.uri, name))
+            location = artifact_location(store.uri, name)
+            return store.client.create_experiment(name, location, EXPERIMENT_TAGS)
         except MlflowException:
             experiment = store.client.get_experiment_by_name(name)
             if experiment is None:
@@ -152,6 +229,9 @@ def experiment_id(store: Store, name: str) -> str:
             f"experiment {name!r} is deleted; restore it (mlflow experiments restore) "
             "or choose another tracking.experiment"
         )
+    for key, value in EXPERIMENT_TAGS.items():  # experiments made before hw3 tagged them
+        if experiment.tags.get(key) != value:
+            store.client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
 
 
@@ -203,15 +283,21 @@ def log_values(
     )
 
 
+def log_dataset(
+    store: Store, run_id: str, *, name: str, digest: str, source: Path, profile: dict[str, Any]
+) -> None:
+    """Record the data a run trains on as its MLflow dataset input (the UI's Dataset column)."""
+    dataset = Dataset(
+        name=name,
+        digest=digest,
+        source_type="local",
+        source=json.dumps({"uri": source.resolve().as_uri()}),
+        profile=json.dumps(profile, sort_keys=True),
+    )
+    context = InputTag("mlflow.data.context", "training")
+    store.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
+
+
 def logged_steps(store: Store, run_id: str, key: str) -> set[int]:
     """The steps at which `key` was logged in run `run_id`."""
     return {m.step for m in store.client.get_metric_history(run_id, key)}
-
-
-def close_sweep(store: Store, experiment: str, parent_id: str, *, completed: bool) -> str:
-    """End a sweep's parent run: FINISHED if the sweep completed and every child finished."""
-    children = find_runs(store, experiment, **{"mlflow.parentRunId": parent_id})
-    ok = completed and all(r.info.status == "FINISHED" for r in children)
-    status = "FINISHED" if ok else "FAILED"
-    store.client.set_terminated(parent_id, status)
-    return status

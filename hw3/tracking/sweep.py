@@ -11,7 +11,9 @@ from hydra.experimental.callback import Callback
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
+from hw3.tracking.claim import live_holder
 from hw3.tracking.cli import exit_with
+from hw3.tracking.schema import resolve_path
 from hw3.tracking.store import (
     ENV_EXPERIMENT,
     ENV_EXPERIMENT_ID,
@@ -19,12 +21,13 @@ from hw3.tracking.store import (
     ENV_SWEEP,
     Store,
     TrackingError,
-    close_sweep,
     connect,
     experiment_id,
+    file_lock,
     find_runs,
     fingerprint,
     git_state,
+    local_folder,
     redact,
 )
 
@@ -42,6 +45,27 @@ def sweep_id(config: DictConfig) -> str:
     return fingerprint({"config": body, "grid": grid, "overrides": task})
 
 
+def close_sweep(
+    store: Store, experiment: str, parent_id: str, *, completed: bool, stale_after_s: float
+) -> str:
+    """End a sweep's parent run and return its status: FINISHED if the sweep completed and
+    every current child finished, else FAILED; left RUNNING while another live process (a
+    second copy of the sweep, a Slurm job) still trains one of its runs: that launch closes it."""
+    children = find_runs(store, experiment, **{"mlflow.parentRunId": parent_id})
+    # Runs replaced by newer ones (other engine code, a lost checkpoint) no longer count.
+    current = [r for r in children if not {"superseded", "restarted_as"} & set(r.data.tags)]
+    live = [
+        r for r in current if live_holder(r.data.tags, r.info.status, stale_after_s=stale_after_s)
+    ]
+    if live:
+        log.info("%d of its runs still train in other processes", len(live))
+        return "RUNNING"
+    ok = completed and all(r.info.status == "FINISHED" for r in current)
+    status = "FINISHED" if ok else "FAILED"
+    store.client.set_terminated(parent_id, status)
+    return status
+
+
 class MlflowSweep(Callback):
     """Creates the store's schema, the experiment and the parent run before any job starts.
 
@@ -51,7 +75,7 @@ class MlflowSweep(Callback):
     """
 
     def __init__(self) -> None:
-        self._open: tuple[Store, str, str] | None = None
+        self._open: tuple[Store, str, str, float] | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -66,15 +90,20 @@ class MlflowSweep(Callback):
         name = config.tracking.experiment
         experiment = experiment_id(store, name)
         sid = sweep_id(config)
-        earlier = find_runs(store, experiment, kind="sweep", sweep_id=sid)
-        if earlier:
-            parent = earlier[0].info.run_id
-            store.client.update_run(parent, status="RUNNING")
-        else:
-            tags = {"kind": "sweep", "sweep_id": sid, **git_state()}
-            tags["overrides"] = redact(" ".join(config.hydra.overrides.task))
-            parent = store.client.create_run(experiment, run_name=f"sweep-{sid[:8]}", tags=tags)
-            parent = parent.info.run_id
+        # Two copies of one sweep launched at once must share one parent run.
+        folder = local_folder(resolve_path(config.trainer.checkpoint_dir), store, experiment)
+        folder.mkdir(parents=True, exist_ok=True)
+        with file_lock(folder / f"sweep-{sid}.lock"):
+            earlier = find_runs(store, experiment, kind="sweep", sweep_id=sid)
+            if earlier:
+                parent = earlier[0].info.run_id
+                store.client.update_run(parent, status="RUNNING")
+            else:
+                tags = {"kind": "sweep", "sweep_id": sid, **git_state()}
+                tags["overrides"] = redact(" ".join(config.hydra.overrides.task))
+                run_name = f"sweep-{sid[:8]}"
+                parent = store.client.create_run(experiment, run_name=run_name, tags=tags)
+                parent = parent.info.run_id
         os.environ |= {
             ENV_EXPERIMENT: name,
             ENV_EXPERIMENT_ID: experiment,
@@ -83,7 +112,7 @@ class MlflowSweep(Callback):
         }
         where = redact(store.uri)
         log.info("sweep %s: parent run %s in experiment %s at %s", sid, parent, name, where)
-        self._open = (store, experiment, parent)
+        self._open = (store, experiment, parent, config.tracking.stale_after_s)
         atexit.register(self._close, completed=False)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -93,7 +122,9 @@ class MlflowSweep(Callback):
     def _close(self, completed: bool) -> None:
         if self._open is None:
             return
-        store, experiment, parent = self._open
+        store, experiment, parent, stale_after_s = self._open
         self._open = None
-        status = close_sweep(store, experiment, parent, completed=completed)
+        status = close_sweep(
+            store, experiment, parent, completed=completed, stale_after_s=stale_after_s
+        )
         log.info("sweep parent run %s: %s", parent, status)

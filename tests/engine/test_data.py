@@ -11,7 +11,7 @@ import torch
 from helpers import NAMES, TinyRaw, make_raw, write_raw
 
 import hw3.engine.data
-from hw3.engine.data import DataError, load_fashion_mnist, raw_dir, resolve, verify
+from hw3.engine.data import DataError, load_fashion_mnist, locate, raw_dir, resolve, verify
 
 TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = NAMES
 
@@ -108,8 +108,8 @@ def test_verify_accepts_valid_files(tmp_path: Path, raw: TinyRaw):
     paths = write_raw(raw_dir(tmp_path), raw)
     for name, md5 in raw.md5s().items():
         kind = "images" if "images" in name else "labels"
-        verify(paths[name], kind, md5)
-        verify(paths[name], kind, None)
+        verify(paths[name], kind, md5, md5)
+        verify(paths[name], kind, md5, None)
 
 
 def _truncate_data(data: bytes) -> bytes:
@@ -321,3 +321,21 @@ def test_download_fills_what_is_missing(
         normalize=False, mean=None, std=None, train_size=None, test_size=None,
     )  # fmt: skip
     assert torch.equal(data.train.y, raw.train_y.long())
+
+
+# --- identity -----------------------------------------------------------------------------------
+
+
+def test_the_digest_names_the_files_bytes(tmp_path: Path, system_dir: Path, raw: TinyRaw):
+    first, second = tmp_path / "first", tmp_path / "second"
+    write_raw(raw_dir(first), raw)
+    write_raw(system_dir, raw, gz=True)  # the same bytes, found gzipped elsewhere
+    files = locate(first, system_dir=None, download=False)
+    assert files.md5 == raw.md5s()
+    assert locate(second, system_dir=system_dir, download=False).digest == files.digest
+    paths = write_raw(raw_dir(tmp_path / "third"), raw)
+    data = bytearray(paths[TEST_LABELS].read_bytes())
+    data[-1] ^= 1  # one bit of one label
+    paths[TEST_LABELS].write_bytes(bytes(data))
+    other = locate(tmp_path / "third", system_dir=None, download=False)
+    assert other.digest != files.digest and len(other.digest) == len(files.digest) == 16

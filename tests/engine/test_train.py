@@ -69,6 +69,7 @@ def run(data: FashionMNIST, **overrides) -> list[Metrics]:
         "smoothness": True,
         "chunk_size": 100,
         "cuda_graphs": False,
+        "deterministic": True,
     }
     return train(data, **(options | overrides))
 
@@ -238,3 +239,8 @@ def test_one_pass_on_real_data_beats_chance(real: FashionMNIST):
     (metrics,) = run(subset, model="plain", lr=0.04, momentum=0.0, weight_decay=0.0, epochs=1)
     assert metrics["test/acc"] > 0.5
     assert math.isfinite(metrics["smoothness/L"]) and metrics["smoothness/L"] > 0
+
+
+def test_deterministic_kernels_change_no_bit_on_cpu(data: FashionMNIST):
+    assert untimed(run(data, deterministic=True)) == untimed(run(data, deterministic=False))
+    assert not torch.are_deterministic_algorithms_enabled()  # restored after the run

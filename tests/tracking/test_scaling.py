@@ -9,22 +9,31 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
-from helpers import METRICS, cli_env, free_port, history_of, job_args, run_cli, runs_of, store_uri
+from helpers import (
+    METRICS,
+    WAIT_S,
+    alive,
+    free_port,
+    history_of,
+    job_args,
+    launched,
+    run_cli,
+    runs_of,
+    stop,
+    store_uri,
+    wait_for,
+)
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from hw3.tracking.schema import PROJECT_ROOT
 from hw3.tracking.store import Store, log_values, redact
 
-T = TypeVar("T")
 EPOCHS = 3
 PARALLEL = [
     "hydra/launcher=parallel",
@@ -34,74 +43,6 @@ PARALLEL = [
     f"trainer.epochs={EPOCHS}",
 ]
 CONFIGS = ["bn-seed0", "bn-seed1", "plain-seed0", "plain-seed1"]
-WAIT_S = 300  # the longest any one step of these tests may wait
-
-
-def wait_for(what: str, probe: Callable[[], T], proc: subprocess.Popen | None = None) -> T:
-    """Poll `probe` until it returns something truthy; fail naming `what` if `proc` ends first.
-
-    A probe that raises (a store not created yet, a server restarting) counts as not yet.
-    """
-    deadline, last = time.monotonic() + WAIT_S, None
-    while True:
-        try:
-            if result := probe():
-                return result
-        except Exception as err:
-            last = err
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"{what}: the process ended first (exit {proc.returncode}; {last!r})")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {WAIT_S} s ({last!r})")
-        time.sleep(0.25)
-
-
-def stat_fields(pid: int | str) -> list[str]:
-    """Fields of /proc/pid/stat after the command name (state, ppid, pgrp, ...); [] if gone."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-
-
-def alive(pid: int | str) -> bool:
-    """Whether process `pid` exists and is not a zombie."""
-    return stat_fields(pid)[:1] not in ([], ["Z"])
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any live (not zombie) process is still in process group `pgid`."""
-    pids = (p.name for p in Path("/proc").iterdir() if p.name.isdigit())
-    return any(f[:1] != ["Z"] and f[2:3] == [str(pgid)] for f in map(stat_fields, pids))
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Kill `proc` and its process group (a launcher's workers, a server's), reap it, and wait
-    until every member is gone: a server's uvicorn child holds the port until it has exited."""
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    wait_for(f"process group {proc.pid} to be gone", lambda: not group_alive(proc.pid))
-
-
-@contextmanager
-def launched(
-    args: list[str], tmp: Path, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen]:
-    """`python run.py args` in its own process group, output in tmp/launcher.{out,err}."""
-    with open(tmp / "launcher.out", "w") as out, open(tmp / "launcher.err", "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, str(PROJECT_ROOT / "run.py"), *args],
-            stdout=out,
-            stderr=err,
-            cwd=PROJECT_ROOT,
-            env=cli_env(env),
-            start_new_session=True,
-        )
-    try:
-        yield proc
-    finally:
-        stop(proc)
 
 
 class Server:
@@ -262,7 +203,7 @@ def test_a_job_killed_in_a_parallel_sweep_is_resumed_by_the_relaunch(tmp_path, t
 
     def logged_pass() -> Run | None:
         # A checkpoint exists only after a pass, when the store's schema is surely complete.
-        if not list(tmp_path.glob("ckpt/*/*.pt")):
+        if not list(tmp_path.glob("ckpt/**/*.pt")):
             return None
         runs = runs_of(tmp_path, "killed")
         return next((r for r in runs if r.data.metrics and "pid" in r.data.tags), None)

@@ -9,7 +9,7 @@ from omegaconf.errors import ValidationError
 
 from hw3.tracking.cli import one_line
 from hw3.tracking.job import config_fingerprint
-from hw3.tracking.schema import Config, ConfigError, flatten, validate
+from hw3.tracking.schema import PLACE_KEYS, Config, ConfigError, flatten, validate
 
 
 @pytest.mark.parametrize("model", ["plain", "bn", "stride"])
@@ -100,13 +100,53 @@ def test_typo_and_unknown_group_name_the_problem(compose_config):
     assert "\n" not in line and "Available options in 'model': bn, plain, stride" in line
 
 
-def test_fingerprint_ignores_where_but_not_what(compose_config):
-    def fingerprint(*overrides):
-        cfg = compose_config(*overrides)
-        return config_fingerprint(OmegaConf.to_object(cfg))
+# One override per key that must not change the fingerprint: where things live, how fast.
+WHERE_AND_HOW = {
+    "tracking.uri": "sqlite:////tmp/y.db",
+    "tracking.experiment": "elsewhere",
+    "tracking.heartbeat_s": 5,
+    "tracking.stale_after_s": 60,
+    "force": "true",
+    "data.root": "/x",
+    "data.download": "false",
+    "data.verify": "false",
+    "trainer.checkpoint_dir": "/tmp/ckpt",
+    "trainer.device": "cpu",
+    "trainer.chunk_size": 77,
+    "trainer.cuda_graphs": "false",
+    "trainer.deterministic": "false",
+}
+WHAT = [
+    "seed=1",
+    "model=bn",
+    "optimizer=sgd_momentum",
+    "optimizer.lr=0.1",
+    "optimizer.momentum=0.5",
+    "optimizer.weight_decay=0.001",
+    "data.normalize=false",
+    "data.mean=0.5",
+    "data.train_size=100",
+    "data.test_size=100",
+    "trainer.epochs=3",
+    "trainer.batch_size=64",
+    "trainer.smoothness=false",
+    "trainer.on_divergence=stop",
+]
 
-    base = fingerprint()
-    assert fingerprint("tracking.uri=sqlite:////tmp/y.db", "force=true", "data.root=/x") == base
-    assert fingerprint("seed=1") != base
-    assert fingerprint("optimizer.lr=0.1") != base
-    assert fingerprint("model=bn") != base
+
+def fingerprint_of(compose_config, *overrides: str) -> str:
+    return config_fingerprint(OmegaConf.to_object(compose_config(*overrides)))
+
+
+def test_every_where_and_how_key_is_tried():
+    assert set(WHERE_AND_HOW) == set(PLACE_KEYS)
+
+
+@pytest.mark.parametrize(("key", "value"), WHERE_AND_HOW.items())
+def test_where_and_how_keys_leave_the_fingerprint_alone(compose_config, key, value):
+    assert fingerprint_of(compose_config, f"{key}={value}") == fingerprint_of(compose_config)
+
+
+@pytest.mark.parametrize("override", WHAT)
+def test_what_keys_change_the_fingerprint(compose_config, override):
+    assert fingerprint_of(compose_config, override) != fingerprint_of(compose_config)

@@ -75,7 +75,7 @@ def test_a_killed_job_resumes_in_the_same_run_with_identical_results(tmp_path):
         # Kill as soon as pass 1 is logged; the checkpoint comes first, and only then is the
         # store's schema surely complete (opening it earlier would race its creation).
         while not (
-            list(tmp_path.glob("ckpt/*/*.pt")) and runs_of(tmp_path, "resume")[0].data.metrics
+            list(tmp_path.glob("ckpt/**/*.pt")) and runs_of(tmp_path, "resume")[0].data.metrics
         ):
             assert job.poll() is None, "the job ended before it could be killed"
             assert time.monotonic() < deadline, "pass 1 never finished"

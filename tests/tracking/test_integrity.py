@@ -1,0 +1,402 @@
+"""A FINISHED run means "this configuration, computed by this code, on these data": results
+never mix versions, never double, and never collide across stores (real stores and processes)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import (
+    METRICS,
+    history_of,
+    job_args,
+    kill_when_logged,
+    launched,
+    logged_passes,
+    run_cli,
+    runs_of,
+    store_uri,
+    wait_for,
+    write_dataset,
+)
+from mlflow.tracking import MlflowClient
+
+from hw3.tracking.schema import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow  # real CLI runs, a few seconds each
+
+EPOCHS = 3
+UNTIMED = sorted(k for k in METRICS if not k.startswith("time/"))
+
+
+def output(result: subprocess.CompletedProcess) -> str:
+    """What a CLI run printed (Hydra logs to stderr, hw3's job log to stdout or stderr)."""
+    return result.stdout + result.stderr
+
+
+def only_run(where: Path | str, experiment: str):
+    """The experiment's single training run."""
+    (run,) = runs_of(where, experiment)
+    return run
+
+
+def override(args: list[str], key: str, value: object) -> list[str]:
+    """`args` with `key=value` in place of the override of `key`."""
+    return [f"{key}={value}" if a.startswith(f"{key}=") else a for a in args]
+
+
+@pytest.fixture(scope="module")
+def slow_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Enough data that a pass takes a moment: a job can be caught while it trains."""
+    return write_dataset(tmp_path_factory.mktemp("slow"), 3000, 300)
+
+
+# --- 1. the engine's code is part of the fingerprint ---------------------------------------------
+
+
+@pytest.fixture
+def project_copy(tmp_path: Path) -> Path:
+    """The project's code and config, copied: a test may edit its engine."""
+    copy = tmp_path / "project"
+    for name in ("hw3", "conf"):
+        shutil.copytree(
+            PROJECT_ROOT / name, copy / name, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    for name in ("run.py", "analyze.py"):
+        shutil.copy(PROJECT_ROOT / name, copy / name)
+    return copy
+
+
+def run_copy(project: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python run.py args` of the copied project."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run(
+        [sys.executable, str(project / "run.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=project,
+    )
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    """Replace `old` (which must be there) by `new` in the file at `path`."""
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new))
+
+
+def test_an_engine_change_reruns_and_other_changes_do_not(tmp_path, tiny_root, project_copy):
+    args = ["-m", *job_args(tmp_path, tiny_root, "code", "seed=0,1", "trainer.epochs=1")]
+    first = run_copy(project_copy, *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {r.info.run_id: r.data.tags["engine_version"] for r in runs_of(tmp_path, "code")}
+    assert len(before) == 2 and len(set(before.values())) == 1
+
+    # Comments, docstrings and other layers do not change what is computed: skipped.
+    training = project_copy / "hw3" / "engine" / "train.py"
+    edit(training, '"""Train `model` on `data`', '"""Train (reworded) `model` on `data`')
+    edit(training, "    dev = resolve_device", "    # a new comment\n    dev = resolve_device")
+    edit(project_copy / "hw3" / "tracking" / "job.py", "PROGRESS = (", "PROGRESS = (  # shown\n")
+    same = run_copy(project_copy, *args)
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert output(same).count("already FINISHED") == 2
+    assert {r.info.run_id for r in runs_of(tmp_path, "code")} == set(before)
+
+    # What is computed changes: every seed reruns, the old seeds too, with one more seed.
+    edit(
+        training,
+        "step.loss_sum.item() / int(step.steps)",
+        "2 * step.loss_sum.item() / int(step.steps)",
+    )
+    args[-2] = "seed=0,1,2"
+    changed = run_copy(project_copy, *args)
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert "already FINISHED" not in output(changed)
+    runs = runs_of(tmp_path, "code")
+    new = [r for r in runs if r.info.run_id not in before]
+    assert sorted(r.data.tags["seed"] for r in new) == ["0", "1", "2"]
+    (version,) = {r.data.tags["engine_version"] for r in new}
+    assert version != next(iter(before.values()))
+    key = "train/loss_running"
+    old = {r.data.tags["seed"]: r.data.metrics[key] for r in runs if r.info.run_id in before}
+    for run in (r for r in new if r.data.tags["seed"] in old):
+        assert run.data.metrics[key] == pytest.approx(2 * old[run.data.tags["seed"]], rel=1e-6)
+
+
+def test_a_run_killed_under_other_engine_code_is_not_resumed(tmp_path, slow_root, project_copy):
+    args = job_args(tmp_path, slow_root, "killed", f"trainer.epochs={EPOCHS}")
+    job = subprocess.Popen(
+        [sys.executable, str(project_copy / "run.py"), *args],
+        cwd=project_copy,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    killed = kill_when_logged(job, tmp_path, "killed")
+    running_loss = "step.loss_sum.item() / int(step.steps)"
+    edit(project_copy / "hw3" / "engine" / "train.py", running_loss, f"{running_loss} + 0.0")
+
+    relaunch = run_copy(project_copy, *args)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    assert f"not resuming run {killed.info.run_id} of plain-seed0: engine_version" in output(
+        relaunch
+    )
+    runs = {r.info.run_id: r for r in runs_of(tmp_path, "killed")}
+    old = runs.pop(killed.info.run_id)
+    (new,) = runs.values()
+    assert old.info.status == "KILLED" and "engine_version" in old.data.tags["superseded"]
+    assert new.info.status == "FINISHED"
+    assert logged_passes(tmp_path, new.info.run_id) == list(range(1, EPOCHS + 1))
+    assert logged_passes(tmp_path, old.info.run_id) == logged_passes(tmp_path, killed.info.run_id)
+
+
+# --- 2. one live process per run -----------------------------------------------------------------
+
+
+def test_a_second_launch_skips_a_run_another_process_trains(tmp_path, slow_root):
+    args = job_args(tmp_path, slow_root, "twice", f"trainer.epochs={EPOCHS}")
+    with launched(args, tmp_path, name="first") as first:
+        run = wait_for("the first launch's run", lambda: runs_of(tmp_path, "twice"), first)[0]
+        second = run_cli("run.py", *args)
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert (
+            f"skip plain-seed0: run {run.info.run_id} is being trained by pid {first.pid} on "
+            f"{socket.gethostname()}" in output(second)
+        )
+        assert first.wait(timeout=300) == 0, (tmp_path / "first.err").read_text()[-3000:]
+    run = only_run(tmp_path, "twice")
+    assert run.info.status == "FINISHED" and run.data.tags["pid"] == str(first.pid)
+    history = history_of(tmp_path, run.info.run_id)
+    assert all([s for s, _ in points] == [1, 2, 3] for points in history.values())
+
+
+def test_two_copies_of_a_sweep_share_its_jobs_and_log_each_pass_once(tmp_path, tiny_root):
+    grid = ["model=plain,bn", "seed=0,1", f"trainer.epochs={EPOCHS}", "data.train_size=400"]
+    args = ["-m", *job_args(tmp_path, tiny_root, "copies", *grid)]
+    with launched(args, tmp_path, name="a") as a, launched(args, tmp_path, name="b") as b:
+        assert a.wait(timeout=300) == 0 and b.wait(timeout=300) == 0
+    err = (tmp_path / "a.err").read_text() + (tmp_path / "b.err").read_text()
+    out = (tmp_path / "a.out").read_text() + (tmp_path / "b.out").read_text() + err
+    runs = runs_of(tmp_path, "copies")
+    assert sorted(r.info.run_name for r in runs) == [
+        "bn-seed0", "bn-seed1", "plain-seed0", "plain-seed1",
+    ]  # fmt: skip
+    for run in runs:
+        assert run.info.status == "FINISHED", (run.info.run_name, out[-3000:])
+        for points in history_of(tmp_path, run.info.run_id).values():
+            assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), run.info.run_name
+    (parent,) = runs_of(tmp_path, "copies", "sweep")
+    assert parent.info.status == "FINISHED"
+    assert "Traceback" not in err
+
+
+def test_a_run_of_another_host_is_resumable_only_once_its_heartbeat_is_stale(tmp_path, slow_root):
+    args = job_args(tmp_path, slow_root, "hosts", "trainer.epochs=2", "tracking.stale_after_s=60")
+    with launched(args, tmp_path) as job:
+        killed = kill_when_logged(job, tmp_path, "hosts")
+    client = MlflowClient(store_uri(tmp_path))
+    run_id = killed.info.run_id
+    now_ms = int(1000 * time.time())
+    # As if a process on another machine were training it, heartbeat 10 s ago: hands off.
+    for key, value in {
+        "host": "elsewhere",
+        "pid": "4242",
+        "heartbeat": str(now_ms - 10_000),
+    }.items():
+        client.set_tag(run_id, key, value)
+    busy = run_cli("run.py", *args)
+    assert busy.returncode == 0, busy.stderr[-3000:]
+    claimed = rf"run {run_id} is being trained by pid 4242 on elsewhere \(heartbeat \d+ s ago\)"
+    assert re.search(claimed, output(busy)), output(busy)[-3000:]
+    assert logged_passes(tmp_path, run_id) == [1]
+    # Silent for longer than tracking.stale_after_s: dead, so resumed in place.
+    client.set_tag(run_id, "heartbeat", str(now_ms - 120_000))
+    resumed = run_cli("run.py", *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resume plain-seed0: run {run_id}" in output(resumed)
+    run = only_run(tmp_path, "hosts")
+    assert run.info.status == "FINISHED" and logged_passes(tmp_path, run_id) == [1, 2]
+    assert run.data.tags["host"] == socket.gethostname()
+
+
+# --- 3. checkpoints are keyed by store, experiment and run ---------------------------------------
+
+
+def test_checkpoints_of_two_stores_never_collide(tmp_path, slow_root):
+    store_a, store_b = tmp_path / "a", tmp_path / "b"
+    args_a, args_b = (
+        override(
+            job_args(store, slow_root, "same", f"trainer.epochs={EPOCHS}"),
+            "trainer.checkpoint_dir",
+            tmp_path / "ckpt",
+        )
+        for store in (store_a, store_b)
+    )
+    store_a.mkdir()
+    with launched(args_a, store_a) as job:
+        killed = kill_when_logged(job, store_a, "same")
+    (checkpoint,) = (tmp_path / "ckpt").glob("**/*.pt")
+    finished_b = run_cli("run.py", *args_b)  # experiment id 1 in both stores, same config
+    assert finished_b.returncode == 0, finished_b.stderr[-3000:]
+    assert checkpoint.is_file()  # store b's run did not take or delete store a's checkpoint
+
+    resumed = run_cli("run.py", *args_a)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resume plain-seed0: run {killed.info.run_id}" in output(resumed)
+    run_a, run_b = only_run(store_a, "same"), only_run(store_b, "same")
+    assert run_a.info.run_id == killed.info.run_id and run_a.info.status == "FINISHED"
+    history_a, history_b = (
+        history_of(store_a, run_a.info.run_id),
+        history_of(store_b, run_b.info.run_id),
+    )
+    for key in UNTIMED:
+        assert history_a[key] == history_b[key], key  # resumed from its own checkpoint: same bits
+
+
+def test_logged_passes_without_a_checkpoint_restart_openly_in_a_new_run(tmp_path, slow_root):
+    args = job_args(tmp_path, slow_root, "lost", f"trainer.epochs={EPOCHS}")
+    with launched(args, tmp_path) as job:
+        killed = kill_when_logged(job, tmp_path, "lost")
+    for checkpoint in (tmp_path / "ckpt").glob("**/*.pt"):
+        checkpoint.unlink()
+    relaunch = run_cli("run.py", *args)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    runs = {r.info.run_id: r for r in runs_of(tmp_path, "lost")}
+    old = runs.pop(killed.info.run_id)
+    (new,) = runs.values()
+    assert f"restart plain-seed0: run {old.info.run_id} logged passes but its checkpoint" in output(
+        relaunch
+    )
+    assert old.data.tags["restarted_as"] == new.info.run_id and old.info.status == "KILLED"
+    assert new.data.tags["restarted_from"] == old.info.run_id and new.info.status == "FINISHED"
+    assert logged_passes(tmp_path, old.info.run_id) == [1]
+    assert logged_passes(tmp_path, new.info.run_id) == list(range(1, EPOCHS + 1))
+
+
+# --- 4, 5. where and how a run runs never block a resume nor split results -----------------------
+
+
+def test_a_resume_may_change_where_and_how_keys(tmp_path, slow_root):
+    args = job_args(tmp_path, slow_root, "moved", f"trainer.epochs={EPOCHS}")
+    with launched(args, tmp_path) as job:
+        killed = kill_when_logged(job, tmp_path, "moved")
+    changed = [*args, "data.download=false", "trainer.chunk_size=77", "trainer.deterministic=false"]
+    resumed = run_cli("run.py", *changed)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = only_run(tmp_path, "moved")
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["trainer.chunk_size"] == "77" and run.data.tags["data.download"] == "False"
+    assert "trainer.chunk_size" not in run.data.params and "data.root" not in run.data.params
+    assert logged_passes(tmp_path, run.info.run_id) == list(range(1, EPOCHS + 1))
+
+    again = run_cli("run.py", *args, "trainer.cuda_graphs=false", "trainer.device=auto")
+    assert again.returncode == 0 and "already FINISHED" in output(again)
+
+
+# --- 6. a sweep knows every job it asked for -----------------------------------------------------
+
+
+def test_a_sweep_lists_every_job_it_asked_for_run_or_skipped(tmp_path, tiny_root):
+    args = ["-m", *job_args(tmp_path, tiny_root, "listed", "trainer.epochs=1", "seed=0,1")]
+    assert run_cli("run.py", *args).returncode == 0
+    more = run_cli("run.py", *override(args, "seed", "0,1,2"))
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert output(more).count("already FINISHED") == 2
+    (second,) = [
+        p for p in runs_of(tmp_path, "listed", "sweep") if "0,1,2" in p.data.tags["overrides"]
+    ]
+    listed = {k: v for k, v in second.data.tags.items() if k.startswith("job.")}
+    runs = runs_of(tmp_path, "listed")
+    assert listed == {f"job.{r.data.tags['fingerprint']}": r.info.run_id for r in runs}
+    assert len(listed) == 3
+
+
+# --- 7. relative store paths are relative to the project root ------------------------------------
+
+
+def test_a_relative_store_path_resolves_from_the_project_root(tmp_path, tiny_root):
+    elsewhere = tmp_path / "launched_from"
+    elsewhere.mkdir()
+    relative = os.path.relpath(tmp_path / "store", PROJECT_ROOT)
+    args = job_args(
+        tmp_path, tiny_root, "rel", "trainer.epochs=1", uri=f"sqlite:///{relative}/mlflow.db"
+    )
+    result = run_cli("run.py", *args, cwd=elsewhere)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert only_run(tmp_path / "store", "rel").info.status == "FINISHED"
+    assert not list(elsewhere.rglob("mlflow.db"))
+
+
+# --- 9. a new store opened by several processes at once ------------------------------------------
+
+
+def test_a_new_store_opened_by_several_processes_at_once_is_created_once(tmp_path, tiny_root):
+    uri = store_uri(tmp_path)
+    opener = (
+        "import sys; from hw3.tracking.store import connect, experiment_id; "
+        f"print('experiment', experiment_id(connect({uri!r}), 'race'))"
+    )
+    openers = [
+        subprocess.Popen(
+            [sys.executable, "-c", opener],
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    job = run_cli("run.py", *job_args(tmp_path, tiny_root, "race", "trainer.epochs=1"))
+    results = [p.communicate(timeout=300) for p in openers]
+    assert job.returncode == 0, job.stderr[-3000:]
+    for (out, err), proc in zip(results, openers, strict=True):
+        assert proc.returncode == 0 and out.strip().startswith("experiment"), err[-3000:]
+    assert only_run(tmp_path, "race").info.status == "FINISHED"
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        tables = {
+            name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+    assert not [t for t in tables if t.startswith("_alembic_tmp")]  # no migration left half-done
+
+
+# --- 10. which data, exactly ---------------------------------------------------------------------
+
+
+def test_every_run_records_its_dataset_and_other_data_is_another_run(tmp_path, tiny_root):
+    args = job_args(tmp_path, tiny_root, "data", "trainer.epochs=1", "data.train_size=300")
+    first = run_cli("run.py", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = only_run(tmp_path, "data")
+    (dataset_input,) = run.inputs.dataset_inputs
+    dataset = dataset_input.dataset
+    raw = tiny_root / "FashionMNIST" / "raw"
+    md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in raw.iterdir()}
+    assert dataset.name == "FashionMNIST train[:300]"
+    assert dataset.digest == run.data.tags["dataset_digest"]
+    assert json.loads(dataset.profile)["md5"] == md5
+    assert [t.value for t in dataset_input.tags] == ["training"]
+
+    # The same config on other files (one byte changed) is not the same run.
+    other = tmp_path / "other"
+    shutil.copytree(tiny_root, other)
+    labels = other / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    data = bytearray(labels.read_bytes())
+    data[-1] = (data[-1] + 1) % 10
+    labels.write_bytes(bytes(data))
+    second = run_cli("run.py", *override(args, "data.root", other))
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "already FINISHED" not in output(second)
+    digests = {r.data.tags["dataset_digest"] for r in runs_of(tmp_path, "data")}
+    assert len(digests) == 2
