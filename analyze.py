@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
 from hw3.analysis import job as analysis_job
 from hw3.analysis.study import AnalysisError
@@ -23,7 +24,9 @@ def main(cfg: DictConfig) -> None:
             cfg.tracking.uri,
             cfg.tracking.experiment,
             resolve_path(cfg.out),
-            sweep_id=cfg.sweep_id,
+            analysis_job.settings(OmegaConf.to_object(cfg)),
+            sweep_id=analysis_job.raw_override(HydraConfig.get().overrides.task, "sweep_id")
+            or cfg.sweep_id,
             filter_string=cfg.filter,
         )
     except (AnalysisError, TrackingError) as err:

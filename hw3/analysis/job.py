@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from hw3.analysis.figures import draw_all
+from hw3.analysis.intervals import KINDS, ErrorBar
 from hw3.analysis.report import write_report, write_summary
-from hw3.analysis.study import Study, load_study
+from hw3.analysis.stability import Stability, load_stability
+from hw3.analysis.study import AnalysisError, Study, load_study
 from hw3.tracking.schema import Config
 from hw3.tracking.store import (
     Store,
@@ -26,12 +30,70 @@ log = logging.getLogger("hw3")
 
 
 @dataclass
+class BootstrapConfig:
+    """errorbar=bootstrap: how many resamples, drawn with which seed."""
+
+    resamples: int = MISSING
+    seed: int = MISSING
+
+
+@dataclass
+class StabilityConfig:
+    """Where the stability analysis takes L̂ at a reference learning rate from."""
+
+    reference_experiments: list[str] = MISSING
+    reference_lr: float = MISSING
+
+
+@dataclass
 class AnalyzeConfig(Config):
     """The run config plus what to analyse and where to write it (conf/analyze.yaml)."""
 
     out: str = MISSING
     sweep_id: str | None = MISSING
     filter: str | None = MISSING
+    errorbar: str = MISSING
+    confidence: float = MISSING
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to aggregate and what to compare against (conf/analyze.yaml)."""
+
+    errorbar: ErrorBar
+    reference_experiments: tuple[str, ...]
+    reference_lr: float
+
+
+def settings(cfg: AnalyzeConfig) -> Settings:
+    """The analysis settings of `cfg`, checked: a bad value fails in one line naming the fix."""
+    checks = [
+        ("errorbar", cfg.errorbar in KINDS, f"one of {', '.join(KINDS)}"),
+        ("confidence", 0 < cfg.confidence < 1, "in (0, 1), e.g. 0.95"),
+        ("bootstrap.resamples", cfg.bootstrap.resamples >= 1, ">= 1"),
+        ("stability.reference_lr", cfg.stability.reference_lr > 0, "> 0"),
+    ]
+    for key, ok, must in checks:
+        if not ok:
+            value = attrgetter(key)(cfg)
+            raise AnalysisError(f"invalid {key}={value!r}: it must be {must} (set {key}=VALUE)")
+    bar = ErrorBar(cfg.errorbar, cfg.confidence, cfg.bootstrap.resamples, cfg.bootstrap.seed)
+    return Settings(bar, tuple(cfg.stability.reference_experiments), cfg.stability.reference_lr)
+
+
+def raw_override(overrides: Sequence[str], key: str) -> str | None:
+    """The text given for `key` on the command line, as typed: Hydra's grammar reads
+    `sweep_id=01234567` as a number. Quotes around it are removed; absent or null: None."""
+    for override in reversed(overrides):
+        name, sep, value = override.lstrip("+~").partition("=")
+        if sep and name == key:
+            value = value.strip()
+            if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            return None if value == "null" else value
+    return None
 
 
 def register() -> None:
@@ -44,6 +106,7 @@ class Outcome:
     """What an analysis wrote and where it logged it."""
 
     study: Study
+    stability: Stability | None
     files: tuple[Path, ...]
     run_id: str
 
@@ -60,6 +123,8 @@ def log_analysis(store: Store, study: Study, files: list[Path], params: dict[str
         "analysis_id": key,
         "analysed_runs": len(study.runs),
         "left_out_runs": len(study.left_out),
+        "engine_version": study.engine_version,
+        "errorbar": study.errorbar.label,  # a tag: the next analysis may choose another
         **git_state(),
     }
     earlier = find_runs(store, study.experiment_id, kind="analysis", analysis_id=key)
@@ -83,17 +148,21 @@ def analyze(
     uri: str | None,
     experiment: str,
     out: Path,
+    config: Settings,
     *,
-    sweep_id: str | None = None,
-    filter_string: str | None = None,
+    sweep_id: str | None,
+    filter_string: str | None,
 ) -> Outcome:
-    """Analyse the experiment's FINISHED training runs into `out` and log the result to MLflow."""
+    """Analyse the experiment's training runs into `out` and log the result to MLflow."""
     store = connect_existing(uri)
-    study = load_study(store, experiment, sweep_id=sweep_id, filter_string=filter_string)
+    study = load_study(
+        store, experiment, sweep_id=sweep_id, filter_string=filter_string, errorbar=config.errorbar
+    )
+    stability = load_stability(store, study, config.reference_experiments, config.reference_lr)
     out.mkdir(parents=True, exist_ok=True)
-    figures = draw_all(study, out)
+    figures = draw_all(study, stability, out)
     files = [*figures, write_summary(study, out / "summary.csv")]
-    files.append(write_report(study, figures, out / "REPORT.md"))
+    files.append(write_report(study, stability, figures, out / "REPORT.md"))
     params = {"sweep_id": sweep_id, "filter": filter_string, "selection": study.selection}
     run_id = log_analysis(store, study, files, {k: v for k, v in params.items() if v is not None})
     log.info(
@@ -104,4 +173,4 @@ def analyze(
         out / "REPORT.md",
         run_id,
     )
-    return Outcome(study, tuple(files), run_id)
+    return Outcome(study, stability, tuple(files), run_id)

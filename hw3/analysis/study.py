@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -12,18 +13,20 @@ import numpy as np
 import pandas as pd
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
-from scipy import stats
 
+from hw3.analysis.intervals import ErrorBar, bounds
 from hw3.engine.models import MODELS
 from hw3.tracking.schema import PLACE_KEYS
 from hw3.tracking.store import Store
 
 # Params that say where or how a run ran, not what it computed: they never split a group.
-INCIDENTAL = frozenset((*PLACE_KEYS, "seed", "trainer.device"))
-CONFIDENCE = 0.95  # of every interval: the bands, the summary's ci95 and the Welch interval
+# (New runs log them as tags; older runs have them as params.)
+INCIDENTAL = frozenset((*PLACE_KEYS, "seed"))
+UNKNOWN_VERSION = "unknown"  # the engine version of runs logged before the tag existed
 FETCH_THREADS = 8  # metric-history requests in flight (one per run and metric)
 TIDY = ["run", "model", "seed", "pass", "metric", "value"]
-SUMMARY = ["model", "pass", "metric", "mean", "std", "n", "ci95"]
+STATS = ["n", "mean", "std", "min", "max", "low", "high"]
+SUMMARY = ["model", "pass", "metric", "n", "mean", "std", "min", "max", "errorbar", "low", "high"]
 
 
 class AnalysisError(RuntimeError):
@@ -40,6 +43,9 @@ class TrainRun:
     seed: int
     status: str
     start_time: int
+    engine_version: str = UNKNOWN_VERSION
+    sweep_id: str = ""  # of the sweep that last ran it
+    diverged_pass: int | None = None  # the pass at which it diverged; None if it did not
     params: dict[str, str] = field(default_factory=dict)
     metrics: tuple[str, ...] = ()
     error: str = ""
@@ -48,6 +54,7 @@ class TrainRun:
     def from_mlflow(cls, run: Run) -> TrainRun:
         """The fields the analysis uses, out of an MLflow run."""
         tags = run.data.tags
+        diverged = tags.get("diverged") == "true"
         return cls(
             run_id=run.info.run_id,
             name=run.info.run_name or run.info.run_id,
@@ -55,10 +62,18 @@ class TrainRun:
             seed=int(tags["seed"]),
             status=run.info.status,
             start_time=run.info.start_time or 0,
+            engine_version=tags.get("engine_version", UNKNOWN_VERSION),
+            sweep_id=tags.get("sweep_id", ""),
+            diverged_pass=int(tags.get("diverged_pass", 0)) if diverged else None,
             params=dict(run.data.params),
             metrics=tuple(sorted(run.data.metrics)),
             error=tags.get("error", ""),
         )
+
+    @property
+    def diverged(self) -> bool:
+        """Whether training diverged (a result: the run counts, FINISHED or FAILED)."""
+        return self.diverged_pass is not None
 
 
 @dataclass(frozen=True)
@@ -67,7 +82,9 @@ class Study:
 
     experiment: str
     experiment_id: str
-    selection: str
+    selection: str  # which runs, in words: the MLflow filter and the sweeps
+    engine_version: str  # of every run used
+    errorbar: ErrorBar
     runs: tuple[TrainRun, ...]
     left_out: tuple[tuple[TrainRun, str], ...]  # (run, why)
     labels: dict[str, str]  # run id → group label
@@ -76,11 +93,9 @@ class Study:
     summary: pd.DataFrame
 
 
-def selection(sweep_id: str | None, filter_string: str | None) -> str:
-    """The MLflow filter for training runs, of one sweep (id or id prefix) and `filter_string`."""
+def selection(filter_string: str | None) -> str:
+    """The MLflow filter for training runs, narrowed by `filter_string`."""
     clauses = ["tags.kind = 'train'"]
-    if sweep_id:
-        clauses.append(f"tags.sweep_id LIKE '{sweep_id}%'")
     if filter_string:
         clauses.append(filter_string)
     return " and ".join(clauses)
@@ -114,18 +129,45 @@ def search(store: Store, experiment_id: str, where: str) -> list[Run]:
         ) from err
 
 
+def sweep_jobs(
+    store: Store, experiment: str, experiment_id: str, prefix: str
+) -> tuple[tuple[str, ...], frozenset[str]]:
+    """The ids of the sweeps whose id starts with `prefix`, and the runs of every job they
+    asked for, run or skipped as already FINISHED (their `job.*` tags)."""
+    if not re.fullmatch(r"[0-9a-f]+", prefix):
+        raise AnalysisError(
+            f"sweep_id={prefix!r} is not a sweep id: give its hex digits or a prefix of them "
+            "(the parent run's name is sweep-<id>)"
+        )
+    parents = search(
+        store, experiment_id, f"tags.kind = 'sweep' and tags.sweep_id LIKE '{prefix}%'"
+    )
+    if not parents:
+        known = sorted(
+            {r.data.tags["sweep_id"] for r in search(store, experiment_id, "tags.kind = 'sweep'")}
+        )
+        raise AnalysisError(
+            f"no sweep in experiment {experiment!r} has an id starting with {prefix!r}; set "
+            f"sweep_id to one of {', '.join(known) or 'none (no sweep was logged)'} or leave it out"
+        )
+    ids = tuple(sorted({r.data.tags["sweep_id"] for r in parents}))
+    jobs = {v for r in parents for k, v in r.data.tags.items() if k.startswith("job.")}
+    return ids, frozenset(jobs)
+
+
 def differing(runs: Sequence[TrainRun]) -> list[str]:
     """The params, other than incidental ones, whose values are not the same in all `runs`."""
     keys = sorted({k for r in runs for k in r.params} - INCIDENTAL)
     return [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
 
 
-def group_labels(runs: Sequence[TrainRun]) -> dict[str, str]:
-    """Each run's group: its model, with the params that differ between that model's runs."""
+def group_labels(runs: Sequence[TrainRun], ignore: frozenset[str]) -> dict[str, str]:
+    """Each run's group: its model, with the params (except `ignore`) that differ between that
+    model's runs."""
     labels = {}
     for model in {r.model for r in runs}:
         mine = [r for r in runs if r.model == model]
-        split = [k for k in differing(mine) if k != "model.name"]
+        split = [k for k in differing(mine) if k != "model.name" and k not in ignore]
         for r in mine:
             extra = ", ".join(f"{k}={r.params.get(k, 'unset')}" for k in split)
             labels[r.run_id] = f"{model} ({extra})" if extra else model
@@ -133,26 +175,45 @@ def group_labels(runs: Sequence[TrainRun]) -> dict[str, str]:
 
 
 def order_groups(labels: dict[str, str], runs: Sequence[TrainRun]) -> tuple[str, ...]:
-    """Group labels in the models' canonical order (plain, bn, stride, others), then by name."""
-    model_of = {labels[r.run_id]: r.model for r in runs}
+    """Group labels in the models' canonical order (plain, bn, stride, others), then by
+    learning rate where it splits them, then by name."""
+    runs_of = {labels[r.run_id]: r for r in runs}
     rank = {m: i for i, m in enumerate(MODELS)}
-    return tuple(sorted(model_of, key=lambda g: (rank.get(model_of[g], len(rank)), g)))
+
+    def key(group: str) -> tuple[int, float, str]:
+        run = runs_of[group]
+        return rank.get(run.model, len(rank)), float(run.params.get("optimizer.lr", 0)), group
+
+    return tuple(sorted(runs_of, key=key))
+
+
+def newest_version(runs: Sequence[TrainRun]) -> str:
+    """The engine version of the most recently started run."""
+    return max(runs, key=lambda r: r.start_time).engine_version
 
 
 def partition(
     runs: Sequence[TrainRun],
-) -> tuple[list[TrainRun], list[tuple[TrainRun, str]], dict[str, str]]:
-    """The FINISHED runs to use (the newest per group and seed), the others with why, labels."""
-    finished = [r for r in runs if r.status == "FINISHED"]
-    left_out = [(r, f"status {r.status}") for r in runs if r.status != "FINISHED"]
-    labels = group_labels(finished)
+) -> tuple[str, list[TrainRun], list[tuple[TrainRun, str]], dict[str, str]]:
+    """The newest engine version; the runs to use (FINISHED or diverged, of that version, the
+    newest per group and seed); the others with why; the used runs' group labels."""
+    version = newest_version(runs)
+    left_out = [
+        (r, f"engine version {r.engine_version}, older than {version}")
+        for r in runs
+        if r.engine_version != version
+    ]
+    current = [r for r in runs if r.engine_version == version]
+    results = [r for r in current if r.status == "FINISHED" or r.diverged]
+    left_out += [(r, f"status {r.status}") for r in current if r not in results]
+    labels = group_labels(results, frozenset())
     kept: dict[tuple[str, int], TrainRun] = {}
-    for r in sorted(finished, key=lambda r: r.start_time, reverse=True):
+    for r in sorted(results, key=lambda r: r.start_time, reverse=True):
         newer = kept.setdefault((labels[r.run_id], r.seed), r)
         if newer is not r:
             left_out.append((r, f"superseded by newer run {newer.run_id} of the same seed"))
     used = sorted(kept.values(), key=lambda r: (labels[r.run_id], r.seed))
-    return used, left_out, {r.run_id: labels[r.run_id] for r in used}
+    return version, used, left_out, {r.run_id: labels[r.run_id] for r in used}
 
 
 def fetch_history(store: Store, runs: Sequence[TrainRun], labels: dict[str, str]) -> pd.DataFrame:
@@ -174,23 +235,21 @@ def fetch_history(store: Store, runs: Sequence[TrainRun], labels: dict[str, str]
     return tidy[TIDY].sort_values(["model", "seed", "metric", "pass"]).reset_index(drop=True)
 
 
-def ci_halfwidth(std: pd.Series, n: pd.Series) -> pd.Series:
-    """Half-width of the Student-t interval for a mean (NaN for n < 2)."""
-    dof = (n - 1).where(n > 1)
-    return stats.t.ppf((1 + CONFIDENCE) / 2, dof) * std / np.sqrt(n)
+def describe(values: pd.DataFrame, by: list[str], bar: ErrorBar) -> pd.DataFrame:
+    """n, mean, sample std (ddof=1), min, max and the error bar's low and high of column
+    `value` per `by` (columns `by` + STATS)."""
+    grouped = values.groupby(by, sort=False)["value"]
+    out = grouped.agg(n="count", mean="mean", std="std", min="min", max="max").reset_index()
+    ends = [bounds(v.to_numpy(), bar) for _, v in grouped]
+    out["low"] = [low for low, _ in ends]
+    out["high"] = [high for _, high in ends]
+    return out[[*by, *STATS]]
 
 
-def describe(values: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Mean, sample std (ddof=1), n and ci95 of column `value` per `by`."""
-    out = values.groupby(by, sort=False)["value"].agg(mean="mean", std="std", n="count")
-    out = out.reset_index()
-    out["ci95"] = ci_halfwidth(out["std"], out["n"])
-    return out
-
-
-def aggregate(tidy: pd.DataFrame, groups: Sequence[str]) -> pd.DataFrame:
-    """Mean, std, n and ci95 per group, pass and metric (columns SUMMARY), groups in order."""
-    out = describe(tidy, ["model", "pass", "metric"])
+def aggregate(tidy: pd.DataFrame, groups: Sequence[str], bar: ErrorBar) -> pd.DataFrame:
+    """The statistics per group, pass and metric (columns SUMMARY), groups in order."""
+    out = describe(tidy, ["model", "pass", "metric"], bar)
+    out["errorbar"] = bar.label
     rank = out["model"].map({g: i for i, g in enumerate(groups)})
     return (
         out.assign(_rank=rank)
@@ -217,12 +276,22 @@ def series(summary: pd.DataFrame, group: str, metric: str) -> pd.DataFrame:
     return rows.sort_values("pass").reset_index(drop=True)
 
 
+def comparable_pairs(study: Study) -> list[tuple[str, str]]:
+    """The pairs of groups that differ in their model only (never across learning rates)."""
+    keys = [k for k in differing(study.runs) if k != "model.name"]
+    return [
+        (a, b)
+        for a, b in combinations(study.groups, 2)
+        if all(param(study, a, k) == param(study, b, k) for k in keys)
+    ]
+
+
 def common_passes(
-    summary: pd.DataFrame, groups: Sequence[str], metric: str
+    summary: pd.DataFrame, pairs: Sequence[tuple[str, str]], metric: str
 ) -> Iterator[tuple[str, str, pd.DataFrame]]:
-    """Each pair (a, b) of `groups` that both logged `metric` at some pass, with the means of
-    `metric` at those passes (columns pass, a, b)."""
-    for a, b in combinations(groups, 2):
+    """Each pair (a, b) that both logged `metric` at some pass, with the means of `metric` at
+    those passes (columns pass, a, b)."""
+    for a, b in pairs:
         ma = series(summary, a, metric)[["pass", "mean"]].rename(columns={"mean": a})
         mb = series(summary, b, metric)[["pass", "mean"]].rename(columns={"mean": b})
         if not (both := ma.merge(mb, on="pass")).empty:
@@ -230,39 +299,72 @@ def common_passes(
 
 
 @dataclass(frozen=True)
-class Difference:
-    """mean(a) − mean(b) with a Welch t interval."""
+class Ordering:
+    """Seed by seed and pass by pass: is `above`'s value of a metric above `below`'s?"""
 
-    estimate: float
-    low: float
-    high: float
-    dof: float
+    above: str
+    below: str
+    seeds: tuple[int, ...]  # the seeds both groups ran
+    pairs: int  # (seed, pass) points both logged
+    holds: int  # of which above's value is higher
+    passes: int  # passes both logged
+    passes_every_seed: int  # passes at which it is higher for every seed
+    exceptions: tuple[tuple[int, int], ...]  # (seed, pass) where it is not higher
 
 
-def welch(a: Sequence[float], b: Sequence[float]) -> Difference | None:
-    """Welch's t interval (unequal variances) for mean(a) − mean(b); None if either n < 2."""
-    if len(a) < 2 or len(b) < 2:
+def seedwise_order(tidy: pd.DataFrame, a: str, b: str, metric: str) -> Ordering | None:
+    """How `metric` of groups a and b compares at each seed and pass both logged, stated for
+    the group that is higher at most points; None if they share no such point."""
+    rows = tidy[tidy["metric"] == metric]
+    va = rows[rows["model"] == a][["seed", "pass", "value"]]
+    vb = rows[rows["model"] == b][["seed", "pass", "value"]]
+    both = va.merge(vb, on=["seed", "pass"], suffixes=("_a", "_b"))
+    if both.empty:
         return None
-    test = stats.ttest_ind(a, b, equal_var=False)
-    interval = test.confidence_interval(CONFIDENCE)
-    estimate = float(np.mean(a) - np.mean(b))
-    return Difference(estimate, float(interval.low), float(interval.high), float(test.df))
+    higher = both["value_a"] > both["value_b"]
+    if int(higher.sum()) * 2 < len(both):
+        a, b, higher = b, a, both["value_b"] > both["value_a"]
+    every_seed = higher.groupby(both["pass"]).all()
+    return Ordering(
+        above=a,
+        below=b,
+        seeds=tuple(sorted(int(s) for s in both["seed"].unique())),
+        pairs=len(both),
+        holds=int(higher.sum()),
+        passes=len(every_seed),
+        passes_every_seed=int(every_seed.sum()),
+        exceptions=tuple(
+            (int(s), int(p)) for s, p in both.loc[~higher, ["seed", "pass"]].itertuples(False)
+        ),
+    )
 
 
 def load_study(
-    store: Store, experiment: str, *, sweep_id: str | None, filter_string: str | None
+    store: Store,
+    experiment: str,
+    *,
+    sweep_id: str | None,
+    filter_string: str | None,
+    errorbar: ErrorBar,
 ) -> Study:
-    """Select the experiment's training runs, fetch their histories and aggregate them."""
+    """Select the experiment's training runs (of one sweep's jobs if `sweep_id`, an id or its
+    prefix), fetch their histories and aggregate them."""
     experiment_id = existing_experiment(store, experiment)
-    where = selection(sweep_id, filter_string)
+    where = selection(filter_string)
+    described = where
     found = [TrainRun.from_mlflow(r) for r in search(store, experiment_id, where)]
+    if sweep_id:
+        sweeps, jobs = sweep_jobs(store, experiment, experiment_id, sweep_id)
+        # Parents logged before they listed their jobs: the runs tagged with their id.
+        found = [r for r in found if r.run_id in jobs or r.sweep_id.startswith(sweep_id)]
+        described += f" and the jobs of sweep {', '.join(sweeps)}"
     if not found:
-        raise AnalysisError(f"no training runs in experiment {experiment!r} match {where!r}")
-    runs, left_out, labels = partition(found)
+        raise AnalysisError(f"no training runs in experiment {experiment!r} match {described!r}")
+    version, runs, left_out, labels = partition(found)
     if not runs:
         raise AnalysisError(
             f"none of the {len(found)} training runs in experiment {experiment!r} that match "
-            f"{where!r} has FINISHED"
+            f"{described!r} has FINISHED with engine version {version}"
         )
     groups = order_groups(labels, runs)
     tidy = fetch_history(store, runs, labels)
@@ -271,24 +373,31 @@ def load_study(
     return Study(
         experiment=experiment,
         experiment_id=experiment_id,
-        selection=where,
+        selection=described,
+        engine_version=version,
+        errorbar=errorbar,
         runs=tuple(runs),
         left_out=tuple(left_out),
         labels=labels,
         groups=groups,
         tidy=tidy,
-        summary=aggregate(tidy, groups),
+        summary=aggregate(tidy, groups, errorbar),
     )
+
+
+def runs_of(study: Study, group: str) -> list[TrainRun]:
+    """A group's runs, by seed."""
+    return [r for r in study.runs if study.labels[r.run_id] == group]
 
 
 def seeds(study: Study, group: str) -> list[int]:
     """The seeds of a group's runs."""
-    return sorted(r.seed for r in study.runs if study.labels[r.run_id] == group)
+    return sorted(r.seed for r in runs_of(study, group))
 
 
 def param(study: Study, group: str, key: str) -> str | None:
     """A param's value in a group's runs (None if they disagree or lack it)."""
-    values = {r.params.get(key) for r in study.runs if study.labels[r.run_id] == group}
+    values = {r.params.get(key) for r in runs_of(study, group)}
     return values.pop() if len(values) == 1 else None
 
 

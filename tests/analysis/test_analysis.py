@@ -3,110 +3,56 @@
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from helpers import run_cli
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
+from logged_runs import (
+    EXPERIMENT,
+    FINAL_ACC,
+    LR,
+    PASSES,
+    history,
+    log_grid,
+    log_run,
+    log_sweep,
+    settings,
+)
+from omegaconf import OmegaConf
 from scipy import stats
 
 from hw3.analysis import job as analysis_job
-from hw3.analysis.job import analyze
+from hw3.analysis.intervals import ErrorBar
+from hw3.analysis.job import Settings, analyze
 from hw3.analysis.report import write_report, write_summary
 from hw3.analysis.study import AnalysisError, Study, load_study
 from hw3.tracking.store import TrackingError, connect_existing
 
 analysis_job.register()
 
-EXPERIMENT = "exp"
-PASSES = 3
-LR = 0.04
-# Final-pass test accuracy per model and seed 0, 1, 2; earlier passes are 0.1 lower per pass.
-FINAL_ACC = {"plain": [0.80, 0.82, 0.87], "bn": [0.84, 0.85, 0.86], "stride": [0.78, 0.79, 0.83]}
-# L̂ per pass (plus the seed): bn is below plain at passes 2 and 3 only.
-SMOOTHNESS = {"plain": [10.0, 10.0, 10.0], "bn": [12.0, 8.0, 8.0], "stride": [11.0, 11.0, 11.0]}
 PNG, PDF = b"\x89PNG\r\n\x1a\n", b"%PDF-"
 
 
-@pytest.fixture(scope="module")
-def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SQLite store with MLflow's schema, made once: creating the schema takes seconds."""
-    db = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{db}").search_experiments()
-    return db
-
-
-@pytest.fixture
-def store(tmp_path: Path, empty_db: Path) -> tuple[str, MlflowClient, str]:
-    """An empty SQLite store with experiment EXPERIMENT: (uri, client, experiment id)."""
-    uri = f"sqlite:///{shutil.copy(empty_db, tmp_path / 'mlflow.db')}"
-    client = MlflowClient(uri)
-    exp = client.create_experiment(EXPERIMENT, (tmp_path / "artifacts").as_uri())
-    return uri, client, exp
-
-
-def history(model: str, seed: int, *, smoothness: bool = True) -> dict[str, list[float]]:
-    """Per-pass values of one synthetic run, all known in closed form."""
-    acc = [FINAL_ACC[model][seed] - 0.1 * (PASSES - p) for p in range(1, PASSES + 1)]
-    out = {
-        "train/loss": [1.0 - a for a in acc],
-        "test/loss": [1.2 - a for a in acc],
-        "train/acc": [a + 0.05 for a in acc],
-        "test/acc": acc,
-        "time/train_pass_s": [1.0 + seed] * PASSES,
-    }
-    if smoothness:
-        out["smoothness/L"] = [v + seed for v in SMOOTHNESS[model]]
-        out["smoothness/lr_max"] = [1 / (v + seed) for v in SMOOTHNESS[model]]
-    return out
-
-
-def log_run(
-    client: MlflowClient,
-    exp: str,
-    model: str,
-    seed: int,
-    *,
-    status: str = "FINISHED",
-    values: dict[str, list[float]] | None = None,
-    params: dict[str, str] | None = None,
-    tags: dict[str, str] | None = None,
-    start_time: int | None = None,
-) -> str:
-    """A training run as run.py logs it: tags, flattened params, one point per pass."""
-    run_id = client.create_run(exp, start_time, run_name=f"{model}-seed{seed}").info.run_id
-    values = history(model, seed) if values is None else values
-    base = {"model.name": model, "seed": str(seed), "optimizer.lr": str(LR), "trainer.epochs": "3"}
-    all_tags = {"kind": "train", "model": model, "seed": str(seed), "fingerprint": f"{model}{seed}"}
-    client.log_batch(
-        run_id,
-        metrics=[
-            Metric(k, v, 1000 * p, p) for k, vs in values.items() for p, v in enumerate(vs, 1)
-        ],
-        params=[Param(k, v) for k, v in (base | (params or {})).items()],
-        tags=[RunTag(k, v) for k, v in (all_tags | (tags or {})).items()],
-    )
-    client.set_terminated(run_id, status)
-    return run_id
-
-
-def log_grid(client: MlflowClient, exp: str, models: tuple[str, ...], n_seeds: int = 3) -> None:
-    """FINISHED runs of `models` × seeds 0..n_seeds-1."""
-    for model in models:
-        for seed in range(n_seeds):
-            log_run(client, exp, model, seed)
-
-
-def report_only(uri: str, out: Path) -> Study:
+def report_only(uri: str, out: Path, errorbar: str = "t") -> Study:
     """The analysis without figures or an MLflow run: summary.csv and REPORT.md in `out`."""
-    study = load_study(connect_existing(uri), EXPERIMENT, sweep_id=None, filter_string=None)
+    study = load_study(
+        connect_existing(uri),
+        EXPERIMENT,
+        sweep_id=None,
+        filter_string=None,
+        errorbar=settings(errorbar).errorbar,
+    )
     out.mkdir()
     write_summary(study, out / "summary.csv")
-    write_report(study, [], out / "REPORT.md")
+    write_report(study, None, [], out / "REPORT.md")
     return study
+
+
+def run_analysis(uri: str, out: Path, **selection: str | None) -> analysis_job.Outcome:
+    """The whole analysis with min–max error bars (files and MLflow run)."""
+    selection = {"sweep_id": None, "filter_string": None} | selection
+    return analyze(uri, EXPERIMENT, out, settings("range"), **selection)
 
 
 def mean_std_ci(values: list[float]) -> tuple[float, float, float]:
@@ -128,9 +74,10 @@ def test_summary_matches_means_stds_and_t_intervals(tmp_path, store):
     log_grid(client, exp, ("plain", "bn"))
     report_only(uri, tmp_path / "out")
     raw = (tmp_path / "out" / "summary.csv").read_text().splitlines()
-    assert raw[0] == "model,pass,metric,mean,std,n,ci95"
+    assert raw[0] == "model,pass,metric,n,mean,std,min,max,errorbar,low,high"
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
     assert len(summary) == 2 * PASSES * 7  # models × passes × metrics
+    assert set(summary["errorbar"]) == {"95% Student-t interval of the mean"}
     for model in ("plain", "bn"):
         row = summary[
             (summary["model"] == model) & (summary["pass"] == 3) & (summary["metric"] == "test/acc")
@@ -139,20 +86,22 @@ def test_summary_matches_means_stds_and_t_intervals(tmp_path, store):
         assert row["n"] == 3
         assert row["mean"] == pytest.approx(mean, abs=1e-12)
         assert row["std"] == pytest.approx(std, abs=1e-12)
-        assert row["ci95"] == pytest.approx(ci, abs=1e-12)
+        assert (row["low"], row["high"]) == pytest.approx((mean - ci, mean + ci), abs=1e-12)
+        assert (row["min"], row["max"]) == (min(FINAL_ACC[model]), max(FINAL_ACC[model]))
     # Pass 1 of L̂ for bn: seeds add 0, 1, 2 to 12.
     row = summary[
         (summary["model"] == "bn") & (summary["pass"] == 1) & (summary["metric"] == "smoothness/L")
     ].iloc[0]
     assert (row["mean"], row["std"]) == pytest.approx((13.0, 1.0))
-    assert row["ci95"] == pytest.approx(stats.t.ppf(0.975, 2) / math.sqrt(3))
+    half = stats.t.ppf(0.975, 2) / math.sqrt(3)
+    assert (row["low"], row["high"]) == pytest.approx((13 - half, 13 + half))
     assert list(summary["model"].unique()) == ["plain", "bn"]
 
 
 def test_figures_are_png_and_pdf(tmp_path, store):
     uri, client, exp = store
     log_grid(client, exp, ("plain", "stride"), n_seeds=2)
-    outcome = analyze(uri, EXPERIMENT, tmp_path / "out")
+    outcome = run_analysis(uri, tmp_path / "out")
     for name in ("smoothness", "curves", "time"):
         assert (tmp_path / "out" / f"{name}.png").read_bytes().startswith(PNG)
         assert (tmp_path / "out" / f"{name}.pdf").read_bytes().startswith(PDF)
@@ -170,7 +119,7 @@ def test_report_numbers_match_the_summary_and_welch_interval(tmp_path, store):
     for column, model in enumerate(("plain", "bn", "stride")):
         for metric in ("train/loss", "test/acc", "smoothness/L", "time/train_pass_s"):
             row = final[(final["model"] == model) & (final["metric"] == metric)].iloc[0]
-            want = f"{row['mean']:.4g} ± {row['std']:.4g} ({row['n']})"
+            want = f"{row['mean']:.4g} [{row['low']:.4g}, {row['high']:.4g}] ({row['n']})"
             assert table_cell(report, metric, column) == want
     assert "the mean L̂ of bn is below that of plain at 2 of 3 passes" in report
     # Welch: plain − stride at the final pass, from the definition.
@@ -185,7 +134,11 @@ def test_report_numbers_match_the_summary_and_welch_interval(tmp_path, store):
     assert f"df = {df:.4g}" in line
     # 1/L̂ of plain: 1/(10 + seed) over seeds 0-2, against η.
     assert f"1/L̂ ranges from {1 / 12:.4g} to {1 / 10:.4g} over 3 runs × 3 passes" in report
-    assert f"η = {LR:.4g}" in report
+    # 1/(mean L̂) of plain: 1/11 at every pass, above η = 0.04.
+    assert f"1/(mean L̂ over seeds) is above the learning rate η = {LR:.4g}" in report
+    assert f"at 3 of 3 passes, from {1 / 11:.4g} to {1 / 11:.4g}" in report
+    assert table_cell(report, "smoothness/L", 0).startswith("11 [")
+    assert "| 1/(mean L̂) | 0.09091 [" in report
     assert "single seed" not in report
 
 
@@ -225,7 +178,7 @@ def test_one_seed_has_no_error_bars_and_the_report_says_so(tmp_path, store):
     summary = pd.read_csv(tmp_path / "out" / "summary.csv", keep_default_na=False)
     bn = summary[summary["model"] == "bn"]
     assert set(bn["n"]) == {1}
-    assert set(bn["std"]) == {""} and set(bn["ci95"]) == {""}
+    assert set(bn["std"]) == {""} and set(bn["low"]) == {""} and set(bn["high"]) == {""}
     report = (tmp_path / "out" / "REPORT.md").read_text()
     assert "**bn**: a single seed, so no error bars" in report
     assert table_cell(report, "test/acc", 1) == f"{FINAL_ACC['bn'][0]:.4g} (n=1)"
@@ -252,61 +205,69 @@ def test_runs_without_smoothness_skip_its_figure(tmp_path, store):
     for model in ("plain", "stride"):
         for seed in range(2):
             log_run(client, exp, model, seed, values=history(model, seed, smoothness=False))
-    outcome = analyze(uri, EXPERIMENT, tmp_path / "out")
+    outcome = run_analysis(uri, tmp_path / "out")
     names = {p.name for p in outcome.files}
     assert "curves.png" in names and "time.png" in names
     assert not any(n.startswith("smoothness") for n in names)
     assert "L̂" not in (tmp_path / "out" / "REPORT.md").read_text().split("## Figures")[0]
 
 
-def test_sweep_id_and_filter_select_runs(tmp_path, store):
+def test_a_filter_selects_runs(tmp_path, store):
     uri, client, exp = store
     for seed in range(2):
-        log_run(client, exp, "plain", seed, tags={"sweep_id": "abc123"})
-        log_run(client, exp, "bn", seed, tags={"sweep_id": "def456"})
+        log_run(client, exp, "plain", seed)
+        log_run(client, exp, "bn", seed)
     s = connect_existing(uri)
-    assert load_study(s, EXPERIMENT, sweep_id="abc", filter_string=None).groups == ("plain",)
-    picked = load_study(s, EXPERIMENT, sweep_id=None, filter_string="params.`model.name` = 'bn'")
+    bar = settings("range").errorbar
+    picked = load_study(
+        s, EXPERIMENT, sweep_id=None, filter_string="params.`model.name` = 'bn'", errorbar=bar
+    )
     assert picked.groups == ("bn",)
-    with pytest.raises(AnalysisError, match="no training runs"):
-        load_study(s, EXPERIMENT, sweep_id="zzz", filter_string=None)
     with pytest.raises(AnalysisError, match="cannot select runs"):
-        load_study(s, EXPERIMENT, sweep_id=None, filter_string="params.x == 3")
+        load_study(s, EXPERIMENT, sweep_id=None, filter_string="params.x == 3", errorbar=bar)
 
 
 def test_nothing_to_analyse_fails_clearly(tmp_path, store):
     uri, client, exp = store
     with pytest.raises(AnalysisError, match="no training runs in experiment 'exp'"):
-        analyze(uri, EXPERIMENT, tmp_path / "out")
+        run_analysis(uri, tmp_path / "out")
     with pytest.raises(AnalysisError, match="no experiment 'other'"):
-        analyze(uri, "other", tmp_path / "out")
+        analyze(uri, "other", tmp_path, settings("range"), sweep_id=None, filter_string=None)
     log_run(client, exp, "plain", 0, status="FAILED")
     with pytest.raises(AnalysisError, match="has FINISHED"):
-        analyze(uri, EXPERIMENT, tmp_path / "out")
+        run_analysis(uri, tmp_path / "out")
     missing = tmp_path / "none" / "mlflow.db"
     with pytest.raises(TrackingError, match="no tracking store"):
-        analyze(f"sqlite:///{missing}", EXPERIMENT, tmp_path / "out")
+        run_analysis(f"sqlite:///{missing}", tmp_path / "out")
     assert not missing.parent.exists()  # reading never creates a store
 
 
 def test_the_analysis_run_is_logged_and_ignored_by_the_next_analysis(tmp_path, store):
     uri, client, exp = store
     log_grid(client, exp, ("plain", "stride"), n_seeds=2)
-    first = analyze(uri, EXPERIMENT, tmp_path / "a")
+    first = run_analysis(uri, tmp_path / "a")
     run = client.get_run(first.run_id)
     assert run.data.tags["kind"] == "analysis"
     assert run.info.status == "FINISHED"
     logged = {a.path for a in client.list_artifacts(first.run_id)}
     assert logged == {p.name for p in first.files}
     assert {"REPORT.md", "summary.csv", "smoothness.png", "time.pdf"} <= logged
-    second = analyze(uri, EXPERIMENT, tmp_path / "b")
+    second = run_analysis(uri, tmp_path / "b")
     assert [r.run_id for r in second.study.runs] == [r.run_id for r in first.study.runs]
     assert (tmp_path / "a" / "summary.csv").read_text() == (
         tmp_path / "b" / "summary.csv"
     ).read_text()
     assert second.run_id == first.run_id  # regenerating updates the selection's analysis run
+    assert client.get_run(first.run_id).data.tags["errorbar"] == "min–max over seeds"
+    third = analyze(
+        uri, EXPERIMENT, tmp_path / "d", settings("t"), sweep_id=None, filter_string=None
+    )
+    assert third.run_id == first.run_id  # another error bar, the same selection
+    assert (
+        client.get_run(first.run_id).data.tags["errorbar"] == "95% Student-t interval of the mean"
+    )
     assert len(client.search_runs([exp], "tags.kind = 'analysis'")) == 1
-    other = analyze(uri, EXPERIMENT, tmp_path / "c", filter_string="tags.model = 'plain'")
+    other = run_analysis(uri, tmp_path / "c", filter_string="tags.model = 'plain'")
     assert other.run_id != first.run_id
 
 
@@ -315,34 +276,67 @@ def test_analyze_presets_name_their_experiment(compose_config):
     assert cfg.tracking.experiment == "hw3-batchnorm"
     assert cfg.out.endswith("reports/hw3-batchnorm")
     assert cfg.sweep_id is None and cfg.filter is None
+    assert cfg.errorbar == "range" and analysis_job.settings(OmegaConf.to_object(cfg)) == Settings(
+        ErrorBar("range", 0.95, 10_000, 0), ("hw3-batchnorm", "hw3-stride", "hw3-landscape"), 0.04
+    )
 
 
-@pytest.mark.slow  # two interpreter starts that import torch, MLflow and matplotlib
-def test_cli_end_to_end(tmp_path, store):
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("errorbar=ci", "invalid errorbar='ci': it must be one of range, sd, se, t, bootstrap"),
+        ("confidence=95", "invalid confidence=95.0: it must be in (0, 1)"),
+        ("bootstrap.resamples=0", "invalid bootstrap.resamples=0: it must be >= 1"),
+        ("stability.reference_lr=0", "invalid stability.reference_lr=0.0: it must be > 0"),
+    ],
+)
+def test_bad_analysis_settings_fail_in_one_line(compose_config, override, message):
+    cfg = OmegaConf.to_object(compose_config(override, config_name="analyze"))
+    with pytest.raises(AnalysisError) as err:
+        analysis_job.settings(cfg)
+    assert str(err.value).startswith(message)
+    assert str(err.value).endswith(f"(set {override.split('=')[0]}=VALUE)")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "raw"),
+    [
+        (["sweep_id=01234567"], "01234567"),
+        (["x=1", "sweep_id=20e78445"], "20e78445"),
+        (["+sweep_id='00ff'"], "00ff"),
+        (["sweep_id=null"], None),
+        (["sweep_ids=1"], None),
+    ],
+)
+def test_raw_override_keeps_what_was_typed(overrides, raw):
+    assert analysis_job.raw_override(overrides, "sweep_id") == raw
+
+
+@pytest.mark.slow  # three interpreter starts that import torch, MLflow and matplotlib
+def test_cli_takes_sweep_ids_as_typed(tmp_path, store):
+    # Hydra's grammar reads 01234567 as an int and 20e78445 as a float: both must still select.
     uri, client, exp = store
-    log_grid(client, exp, ("plain", "bn"), n_seeds=2)
-    hydra_dir = f"hydra.run.dir={tmp_path / 'hydra'}"
-    ok = run_cli(
-        "analyze.py",
-        f"tracking.uri={uri}",
-        f"tracking.experiment={EXPERIMENT}",
-        f"out={tmp_path / 'out'}",
-        hydra_dir,
-    )
-    assert ok.returncode == 0, ok.stderr
-    assert (tmp_path / "out" / "REPORT.md").is_file()
-    assert (tmp_path / "out" / "curves.pdf").read_bytes().startswith(PDF)
-    none = run_cli(
-        "analyze.py",
-        f"tracking.uri={uri}",
-        f"tracking.experiment={EXPERIMENT}",
-        "sweep_id=nosuchsweep",
-        f"out={tmp_path / 'none'}",
-        hydra_dir,
-    )
+    sweeps = {"plain": "0123456789abcdef", "bn": "20e7844500000000"}
+    for model, sweep in sweeps.items():
+        jobs = [log_run(client, exp, model, seed, tags={"sweep_id": sweep}) for seed in range(2)]
+        log_sweep(client, exp, sweep, jobs)
+    common = [f"tracking.uri={uri}", f"tracking.experiment={EXPERIMENT}"]
+    common.append(f"hydra.run.dir={tmp_path / 'hydra'}")
+    for model, prefix in (("plain", "01234567"), ("bn", "20e78445")):
+        out = tmp_path / model
+        ok = run_cli("analyze.py", *common, f"sweep_id={prefix}", f"out={out}")
+        assert ok.returncode == 0, ok.stderr
+        report = (out / "REPORT.md").read_text()
+        assert f"and the jobs of sweep {sweeps[model]}" in report
+        assert f"- **{model}**: n = 2 seeds (0, 1)" in report
+        other = ({"plain", "bn"} - {model}).pop()
+        assert f"- **{other}**" not in report
+        assert (out / "curves.pdf").read_bytes().startswith(PDF)
+    none = run_cli("analyze.py", *common, "sweep_id=ffff", f"out={tmp_path / 'none'}")
     assert none.returncode == 1
-    message = [
-        line for line in none.stderr.splitlines() if line.startswith("error: no training runs")
+    lines = [line for line in none.stderr.splitlines() if line.startswith("error: ")]
+    assert lines == [
+        f"error: no sweep in experiment '{EXPERIMENT}' has an id starting with 'ffff'; set "
+        f"sweep_id to one of {sweeps['plain']}, {sweeps['bn']} or leave it out"
     ]
-    assert len(message) == 1 and "nosuchsweep" in message[0]
     assert "Traceback" not in none.stderr
