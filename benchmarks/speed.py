@@ -34,11 +34,12 @@ sys.path.insert(0, str(PROJECT_ROOT))  # hw3 need not be installed
 from hw3.engine.data import DataError, FashionMNIST, load_fashion_mnist  # noqa: E402
 from hw3.engine.device import DeviceError, ieee_fp32, resolve_device, reuse_cpu_memory, synchronize  # noqa: E402
 from hw3.engine.models import INPUT_SHAPE, MODELS, build_model  # noqa: E402
-from hw3.engine.train import Metrics, derive_seed, train  # noqa: E402
+from hw3.engine.train import Measurement, Metrics, derive_seed, train  # noqa: E402
 
 LR = 0.04  # conf/optimizer/sgd.yaml (momentum and weight decay 0)
 BATCH_SIZE = 32  # conf/trainer/default.yaml
 CHUNK_SIZE = 10_000  # conf/trainer/default.yaml
+MEASUREMENT = Measurement(1, (1.0,), False, 4096, 20, 1e-3)  # conf/smoothness/default.yaml: L̂
 TIMES = ("train_pass_s", "smoothness_s", "eval_s")
 COMPARED = ("train/loss_running", "train/loss", "train/acc", "smoothness/L", "test/loss")
 
@@ -207,7 +208,7 @@ def run_hw3(
         batch_size=BATCH_SIZE,
         seed=seed,
         device=device,
-        smoothness=True,
+        measure=MEASUREMENT,
         chunk_size=chunk_size,
         cuda_graphs=cuda_graphs,
         deterministic=deterministic,

@@ -24,6 +24,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from hw3.engine.data import SYSTEM_DIR, FashionMNIST, Split, raw_dir
+from hw3.engine.train import Measurement
 from hw3.tracking.schema import PROJECT_ROOT
 
 IMAGE_SIDE = 28
@@ -43,11 +44,23 @@ METRICS = {
     "smoothness/lr_max",
     "smoothness/u_norm",
     "smoothness/grad_norm",
+    "smoothness/loss_range",
+    "smoothness/grad_pred",
+    "smoothness/beta",
     "time/train_pass_s",
     "time/smoothness_s",
     "time/eval_s",
 }
 PROJECT_DATA = PROJECT_ROOT / "data"
+# The experiment's measurement, as conf/smoothness/default.yaml sets it: L̂ along one direction.
+L_HAT = Measurement(
+    directions=1,
+    scales=(1.0,),
+    sharpness=False,
+    sharpness_examples=4096,
+    sharpness_iters=20,
+    sharpness_tol=1e-3,
+)
 WAIT_S = 300  # the longest any one step of a test may wait for a process or a store
 T = TypeVar("T")
 

@@ -28,7 +28,7 @@ from hw3.engine.data import (
     read_fashion_mnist,
 )
 from hw3.engine.device import DeviceError, resolve_device
-from hw3.engine.train import Diverged, Metrics, train
+from hw3.engine.train import Diverged, Measurement, Metrics, train
 from hw3.engine.version import engine_version
 from hw3.tracking.claim import Claim, Heartbeat, holder_tags, live_holder, now_ms
 from hw3.tracking.schema import PLACE_KEYS, Config, ConfigError, flatten, resolve_path, validate
@@ -99,6 +99,21 @@ def run_fingerprint(cfg: Config, dataset_digest: str) -> str:
     )
 
 
+def measurement(cfg: Config) -> Measurement | None:
+    """What the engine measures after every pass (conf/smoothness), None when it is off."""
+    s = cfg.smoothness
+    if not s.enabled:
+        return None
+    return Measurement(
+        directions=s.directions,
+        scales=tuple(s.scales),
+        sharpness=s.sharpness,
+        sharpness_examples=s.sharpness_examples,
+        sharpness_iters=s.sharpness_iters,
+        sharpness_tol=s.sharpness_tol,
+    )
+
+
 def engine_kwargs(cfg: Config) -> dict[str, Any]:
     """The config as arguments of hw3.engine.train.train (but data, device and callbacks)."""
     return {
@@ -109,7 +124,7 @@ def engine_kwargs(cfg: Config) -> dict[str, Any]:
         "epochs": cfg.trainer.epochs,
         "batch_size": cfg.trainer.batch_size,
         "seed": cfg.seed,
-        "smoothness": cfg.trainer.smoothness,
+        "measure": measurement(cfg),
         "chunk_size": cfg.trainer.chunk_size,
         "cuda_graphs": cfg.trainer.cuda_graphs,
         "deterministic": cfg.trainer.deterministic,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -59,12 +60,22 @@ class TrainerConfig:
     epochs: int = MISSING
     batch_size: int = MISSING
     device: str = MISSING
-    smoothness: bool = MISSING
     chunk_size: int = MISSING
     cuda_graphs: bool = MISSING
     deterministic: bool = MISSING
     on_divergence: str = MISSING
     checkpoint_dir: str = MISSING
+
+
+@dataclass
+class SmoothnessConfig:
+    enabled: bool = MISSING
+    directions: int = MISSING
+    scales: list[float] = MISSING
+    sharpness: bool = MISSING
+    sharpness_examples: int | None = MISSING
+    sharpness_iters: int = MISSING
+    sharpness_tol: float = MISSING
 
 
 @dataclass
@@ -81,6 +92,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    smoothness: SmoothnessConfig = field(default_factory=SmoothnessConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = MISSING
     force: bool = MISSING
@@ -100,6 +112,15 @@ _RANGES = [
     ("trainer.device", lambda v: v in DEVICES, f"one of {', '.join(DEVICES)}"),
     ("trainer.chunk_size", lambda v: v >= 1, ">= 1"),
     ("trainer.on_divergence", lambda v: v in ON_DIVERGENCE, f"one of {', '.join(ON_DIVERGENCE)}"),
+    ("smoothness.directions", lambda v: v >= 1, ">= 1"),
+    (
+        "smoothness.scales",
+        lambda v: len(v) > 0 and all(c != 0 and math.isfinite(c) for c in v),
+        "a non-empty list of non-zero numbers",
+    ),
+    ("smoothness.sharpness_examples", lambda v: v is None or v >= 1, ">= 1 or null"),
+    ("smoothness.sharpness_iters", lambda v: v >= 1, ">= 1"),
+    ("smoothness.sharpness_tol", lambda v: v >= 0, ">= 0"),
     ("tracking.experiment", lambda v: bool(v.strip()), "a non-empty name"),
     ("tracking.heartbeat_s", lambda v: v > 0, "> 0"),
     ("tracking.stale_after_s", lambda v: v > 0, "> 0"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import synthetic_data
+from helpers import L_HAT, synthetic_data
 
 from hw3.engine.models import MODELS
 from hw3.engine.train import Metrics, train
@@ -26,7 +26,7 @@ def history(model: str, *, cuda_graphs: bool, deterministic: bool) -> list[Metri
         batch_size=32,
         seed=0,
         device="cuda",
-        smoothness=True,
+        measure=L_HAT,
         chunk_size=1000,
         cuda_graphs=cuda_graphs,
         deterministic=deterministic,
@@ -39,4 +39,3 @@ def test_graph_and_eager_steps_and_reruns_give_the_same_bits(model: str):
     graph = history(model, cuda_graphs=True, deterministic=True)
     assert history(model, cuda_graphs=True, deterministic=True) == graph
     assert history(model, cuda_graphs=False, deterministic=True) == graph
-

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import PROJECT_DATA, real_data_location, synthetic_data
+from helpers import L_HAT, PROJECT_DATA, real_data_location, synthetic_data
 
+import hw3.engine.train
 from hw3.engine.data import (
     OFFICIAL_MD5,
     SYSTEM_DIR,
@@ -21,7 +22,8 @@ from hw3.engine.data import (
 )
 from hw3.engine.evaluation import full_pass
 from hw3.engine.models import MODELS, build_model
-from hw3.engine.train import Diverged, Metrics, derive_seed, train
+from hw3.engine.smoothness import measure
+from hw3.engine.train import Diverged, Measurement, Metrics, derive_seed, train
 
 BASE_KEYS = {
     "train/loss",
@@ -38,6 +40,9 @@ SMOOTHNESS_KEYS = {
     "smoothness/lr_max",
     "smoothness/u_norm",
     "smoothness/grad_norm",
+    "smoothness/loss_range",
+    "smoothness/grad_pred",
+    "smoothness/beta",
 }
 FIT_KEYS = ("train/loss", "train/loss_running", "train/acc", "test/loss", "test/acc")
 
@@ -66,7 +71,7 @@ def run(data: FashionMNIST, **overrides) -> list[Metrics]:
         "batch_size": 32,
         "seed": 0,
         "device": "cpu",
-        "smoothness": True,
+        "measure": L_HAT,
         "chunk_size": 100,
         "cuda_graphs": False,
         "deterministic": True,
@@ -91,7 +96,7 @@ def test_same_seed_same_metrics(data: FashionMNIST):
 
 def test_history_keys(data: FashionMNIST):
     with_probe = run(data, epochs=1)
-    without = run(data, epochs=1, smoothness=False)
+    without = run(data, epochs=1, measure=None)
     assert set(with_probe[0]) == BASE_KEYS | SMOOTHNESS_KEYS
     assert set(without[0]) == BASE_KEYS
     metrics = with_probe[0]
@@ -104,7 +109,7 @@ def test_history_keys(data: FashionMNIST):
 
 def test_divergence_names_pass_and_step(data: FashionMNIST):
     with pytest.raises(Diverged) as excinfo:
-        run(data, model="plain", lr=1e12, momentum=0.0, smoothness=False)
+        run(data, model="plain", lr=1e12, momentum=0.0, measure=None)
     err = excinfo.value
     assert err.epoch == 1 and 1 <= err.step <= 256 // 32
     message = str(err)
@@ -114,8 +119,8 @@ def test_divergence_names_pass_and_step(data: FashionMNIST):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_measuring_does_not_change_training(data: FashionMNIST, model: str):
-    measured = run(data, model=model, epochs=3, smoothness=True)
-    unmeasured = run(data, model=model, epochs=3, smoothness=False)
+    measured = run(data, model=model, epochs=3, measure=L_HAT)
+    unmeasured = run(data, model=model, epochs=3, measure=None)
     for a, b in zip(measured, unmeasured, strict=True):
         assert {k: a[k] for k in FIT_KEYS} == {k: b[k] for k in FIT_KEYS}
 
@@ -148,6 +153,69 @@ def test_resume_after_interruption(data: FashionMNIST, tmp_path: Path):
     again: list[int] = []
     assert run(data, epochs=3, checkpoint=checkpoint, on_pass_end=lambda e, m: again.append(e))
     assert again == [1, 2, 3]
+
+
+# Several directions, a step-size profile and λ_max: every random stream of a run in use.
+LANDSCAPE = Measurement(
+    directions=3,
+    scales=(0.5, 1.0, 2.0),
+    sharpness=True,
+    sharpness_examples=64,
+    sharpness_iters=4,
+    sharpness_tol=0.0,
+)
+
+
+def test_the_landscape_is_logged_when_asked_for(data: FashionMNIST):
+    (metrics,) = run(data, epochs=1, measure=LANDSCAPE)
+    spread = {"smoothness/L_std", "smoothness/L_min", "smoothness/L_max"}
+    assert set(metrics) == BASE_KEYS | SMOOTHNESS_KEYS | spread | {"smoothness/sharpness"}
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert metrics["smoothness/L_min"] <= metrics["smoothness/L"] <= metrics["smoothness/L_max"]
+    assert metrics["smoothness/sharpness"] > 0
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_measuring_the_landscape_does_not_change_training(data: FashionMNIST, model: str):
+    measured = run(data, model=model, epochs=2, measure=LANDSCAPE)
+    unmeasured = run(data, model=model, epochs=2, measure=None)
+    for a, b in zip(measured, unmeasured, strict=True):
+        assert {k: a[k] for k in FIT_KEYS} == {k: b[k] for k in FIT_KEYS}
+
+
+def test_direction_one_is_the_single_direction_at_every_pass(data, monkeypatch):
+    first_directions: dict[int, list[float]] = {1: [], 3: []}
+
+    def spy(*args, **kwargs):
+        result = measure(*args, **kwargs)
+        first_directions[len(args[3])].append(result.directions[0].L)
+        return result
+
+    monkeypatch.setattr(hw3.engine.train, "measure", spy)
+    single = run(data, epochs=3)
+    run(data, epochs=3, measure=LANDSCAPE)
+    assert first_directions[1] == [m["smoothness/L"] for m in single]
+    assert first_directions[3] == first_directions[1]
+
+
+def test_a_resumed_landscape_run_equals_an_uninterrupted_one(data: FashionMNIST, tmp_path):
+    straight = run(data, epochs=3, measure=LANDSCAPE)
+
+    def interrupt_after_second(epoch: int, metrics: Metrics) -> None:
+        if epoch == 2:
+            raise Interrupt
+
+    checkpoint = tmp_path / "run.pt"
+    with pytest.raises(Interrupt):
+        run(
+            data,
+            epochs=3,
+            measure=LANDSCAPE,
+            checkpoint=checkpoint,
+            on_pass_end=interrupt_after_second,
+        )
+    resumed = run(data, epochs=3, measure=LANDSCAPE, checkpoint=checkpoint)
+    assert untimed(resumed) == untimed(straight)
 
 
 def test_resume_extends_a_finished_run(data: FashionMNIST, tmp_path: Path):

@@ -129,7 +129,13 @@ WHAT = [
     "data.test_size=100",
     "trainer.epochs=3",
     "trainer.batch_size=64",
-    "trainer.smoothness=false",
+    "smoothness.enabled=false",
+    "smoothness.directions=4",
+    "smoothness.scales=[0.5,1,2]",
+    "smoothness.sharpness=true",
+    "smoothness.sharpness_examples=1000",
+    "smoothness.sharpness_iters=5",
+    "smoothness.sharpness_tol=0.01",
     "trainer.on_divergence=stop",
 ]
 
