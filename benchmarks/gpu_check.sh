@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Issue 4's GPU checks in one go (about 3-8 minutes on an H100); JSON lines on stdout, tables
-# and progress on stderr. Needs python with torch and torchvision (no Hydra, no MLflow) and the
-# FashionMNIST files, gzipped or not, in $DATA_ROOT/FashionMNIST/raw/ (default .data, git-ignored):
+# Every GPU check in one call (about 6-9 minutes on an H100/H200); JSON lines on stdout, tables
+# and progress on stderr. Needs python with torch and torchvision (no Hydra, no MLflow, no
+# network) and the FashionMNIST files, gzipped or not, in $DATA_ROOT/FashionMNIST/raw/ (default
+# .data, git-ignored). pytest is taken from the machine or from .gpu/pylib (git-ignored; see
+# benchmarks/README.md for how to fill it).
 #   mkdir -p .data/FashionMNIST/raw && cp /usr/share/datasets/fashion-mnist/*.gz .data/FashionMNIST/raw/
 #   bash benchmarks/gpu_check.sh
 set -euo pipefail
@@ -18,7 +20,7 @@ if ! compgen -G "$raw/train-images-idx3-ubyte*" >/dev/null; then
     echo "gpu_check.sh: no FashionMNIST files in $raw; copy the official (.gz) files there" >&2
     exit 2
 fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD:$PWD/.gpu/pylib${PYTHONPATH:+:$PYTHONPATH}"
 if ! "$PY" -c 'import tqdm' 2>/dev/null; then
     # hw3.engine.train shows progress with tqdm; without it, a stand-in that shows nothing.
     shim=$(mktemp -d)
@@ -29,14 +31,24 @@ fi
 
 "$PY" -c 'import json, torch; print(json.dumps({"check": "device", "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda}))'
 status=0
+# 1. CUDA graphs vs eager and reruns, bit for bit with deterministic kernels (the test suite's
+#    CUDA test; conftest needs Hydra, so without it).
+if "$PY" -c 'import pytest' 2>/dev/null; then
+    "$PY" -m pytest -q -p no:cacheprovider --noconftest tests/engine/test_cuda.py >&2 || status=1
+else
+    echo '{"check": "test_cuda", "skipped": "no pytest: fill .gpu/pylib"}'
+fi
+# 2. L̂ in float32 vs float64; determinism: bits and what deterministic kernels cost per pass.
+"$PY" benchmarks/gpu_numerics.py --device cuda --data-root "$DATA_ROOT" || status=1
+# 3. Seconds per pass against the straightforward loop (hw3 10 passes, the reference 1).
 for model in plain bn stride; do
-    # hw3 for 10 passes; the straightforward reference for 1 (the ratio is per pass).
     out=$("$PY" benchmarks/speed.py --device cuda --model "$model" --passes 10 \
         --reference-passes 1 --data-root "$DATA_ROOT") || status=1
     sed '$d' <<<"$out" >&2
     tail -n 1 <<<"$out"
 done
-"$PY" benchmarks/gpu_numerics.py --device cuda --data-root "$DATA_ROOT" || status=1
-# experiment=batchnorm's 10 jobs in series vs 2 and 5 at once on the one GPU (5 passes each).
-"$PY" benchmarks/sweep.py --device cuda --passes 5 --jobs 2 5 --data-root "$DATA_ROOT" || status=1
+# 4. Seconds per landscape measurement: K = 1, 4, 16 directions, 5 scales, sharpness.
+"$PY" benchmarks/landscape.py --device cuda --data-root "$DATA_ROOT" || status=1
+# 5. experiment=batchnorm's 10 runs in series vs trained as one group; the SGD-step options.
+"$PY" benchmarks/group.py --device cuda --data-root "$DATA_ROOT" || status=1
 exit "$status"
