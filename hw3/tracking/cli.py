@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import subprocess
 import sys
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
@@ -13,10 +15,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, HydraException
 from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
+from submitit.core.utils import FailedJobError, UncompletedJobError
 
 log = logging.getLogger("hw3")
 HINT = "(python run.py --help lists the groups; --cfg job prints the composed config)"
 _NOISE = ("full_key:", "reference_type=", "object_type=", "To append to your config use")
+RELAUNCH = (
+    "relaunch the same command: FINISHED runs are skipped, the others resume from their last pass"
+)
+# submitit's messages for a job that left no result, and for one that raised outside Hydra's job
+_NO_RESULT = re.compile(
+    r"Job (\S+) \(task: \d+\) with path (\S+)_result\.pkl\s.*\(state: ([^)]*)\)"
+)
+_RAISED = re.compile(r"with trace:\n-+\n(.*?)\n-+\n.*?paths:\s+- (\S+)", re.DOTALL)
 
 
 class JobFailed(CompactHydraException):
@@ -43,6 +54,32 @@ def one_line(err: BaseException) -> str:
     return f"{text} {HINT}"
 
 
+def slurm_failure(err: UncompletedJobError) -> str:
+    """submitit's multi-line error (sbatch refused the jobs, or a job died) as one line."""
+    text = str(err).strip()
+    if isinstance(err.__cause__, subprocess.CalledProcessError):  # sbatch's own reasons
+        reasons = "; ".join(line.removeprefix("sbatch: error: ") for line in text.splitlines())
+        return (
+            f"Slurm refused the sweep's jobs ({reasons}); none was submitted: fix the "
+            "hydra.launcher keys (partition, mem_gb, cpus_per_task, gpus_per_task: sinfo -N -l "
+            "lists the cluster's) and relaunch"
+        )
+    if isinstance(err, FailedJobError) and (raised := _RAISED.search(text)):
+        trace, stderr = raised.groups()
+        why = trace.strip().splitlines()[-1]
+        return (
+            f"a Slurm job failed before training ({why}; its log: {stderr}); "
+            f"fix it, then {RELAUNCH}"
+        )
+    if died := _NO_RESULT.match(text):
+        job, path, state = died.groups()
+        return (
+            f"Slurm job {job} ended without a result (state {state}; its log: {path}_log.err) "
+            f"and the sweep stopped waiting (its other jobs go on); {RELAUNCH}"
+        )
+    return f"a Slurm job failed ({text.splitlines()[0]}); {RELAUNCH}"
+
+
 def exit_with(message: str) -> NoReturn:
     """Print `error: message` on stderr and exit 1 (SystemExit: no Hydra handler catches it)."""
     print(f"error: {message}", file=sys.stderr)
@@ -67,7 +104,13 @@ def main_with_one_line_errors(main: Callable[[], None]) -> None:
     except BrokenProcessPool as err:  # joblib's loky: a parallel sweep's worker process died
         lines = str(err).splitlines() or [type(err).__name__]
         why = next((line for line in lines if "exit code" in line), lines[0]).rstrip(".")
+        exit_with(f"a sweep job's process died ({why}) and the sweep stopped; {RELAUNCH}")
+    except UncompletedJobError as err:  # hydra/launcher=slurm: sbatch refused, or a job died
+        exit_with(slurm_failure(err))
+    except RuntimeError as err:  # submitit, where Slurm's commands are missing
+        if not str(err).startswith('Could not detect "srun"'):
+            raise
         exit_with(
-            f"a sweep job's process died ({why}) and the sweep stopped; relaunch the same "
-            "command: FINISHED runs are skipped, the others resume from their last pass"
+            "no srun here: hydra/launcher=slurm submits from a machine with Slurm's commands "
+            "(a local cluster to try it on: sudo scripts/slurm-local up)"
         )
