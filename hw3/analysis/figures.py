@@ -166,10 +166,11 @@ def error_bars(
     low = np.where(np.isnan(low), mean, low)
     high = np.where(np.isnan(high), mean, high)
     shown_low, shown_high = np.clip(low, bottom, top), np.clip(high, bottom, top)
+    # A mean of equal values can round past them (3 × 0.1 / 3 > 0.1): no bar, not a negative one.
     ax.errorbar(
         x,
         mean,
-        yerr=[mean - shown_low, shown_high - mean],
+        yerr=[np.maximum(mean - shown_low, 0), np.maximum(shown_high - mean, 0)],
         label=label,
         marker="o",
         ms=3,

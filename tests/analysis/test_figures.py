@@ -152,3 +152,14 @@ def test_the_landscape_figure_and_report_paragraph(tmp_path, store):
     assert "**λ_max vs 2/η, bn:** λ_max is above the edge of stability 2/η = 50 at 3 of 9" in (
         section
     )
+
+
+def test_seeds_with_equal_values_draw_an_empty_bar(store):
+    # Three dead runs at chance accuracy: their mean, 3 × 0.1 / 3, rounds to just above 0.1.
+    uri, client, exp = store
+    for seed in SEEDS:
+        values = history("plain", seed) | {"test/acc": [0.1] * PASSES}
+        log_run(client, exp, "plain", seed, values=values)
+    fig = all_figures(study_of(uri), None)["smoothness"]
+    (line,) = bar_containers(fig, 1)
+    assert ends(line) == pytest.approx(np.full((PASSES, 2), 0.1))
