@@ -4,6 +4,9 @@ A job's run is found by its fingerprint: what the config asks to compute, the en
 version and the data's digest. FINISHED → skipped; trained by a live process → skipped;
 unfinished → resumed in place from its checkpoint; else a new run. While a job trains, it holds
 a claim on its configuration and its run carries a heartbeat (hw3.tracking.claim).
+
+Opened jobs of one dataset and device can also train together in one process (`train_jobs`,
+hw3.tracking.group): each still goes through its own run's steps, as a job trained alone does.
 """
 
 from __future__ import annotations
@@ -12,23 +15,26 @@ import logging
 import os
 import tempfile
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 
 from hw3.engine.data import (
     OFFICIAL_MD5,
     SYSTEM_DIR,
     DataError,
     DatasetFiles,
+    FashionMNIST,
     locate,
     read_fashion_mnist,
 )
 from hw3.engine.device import DeviceError, resolve_device
-from hw3.engine.train import Diverged, Measurement, Metrics, train
+from hw3.engine.train import Diverged, Measurement, Member, Metrics, Settings, train_group
 from hw3.engine.version import engine_version
 from hw3.tracking.claim import Claim, Heartbeat, holder_tags, live_holder, now_ms
 from hw3.tracking.schema import PLACE_KEYS, Config, ConfigError, flatten, resolve_path, validate
@@ -114,27 +120,54 @@ def measurement(cfg: Config) -> Measurement | None:
     )
 
 
-def engine_kwargs(cfg: Config) -> dict[str, Any]:
-    """The config as arguments of hw3.engine.train.train (but data, device and callbacks)."""
-    return {
-        "model": cfg.model.name,
-        "lr": cfg.optimizer.lr,
-        "momentum": cfg.optimizer.momentum,
-        "weight_decay": cfg.optimizer.weight_decay,
-        "epochs": cfg.trainer.epochs,
-        "batch_size": cfg.trainer.batch_size,
-        "seed": cfg.seed,
-        "measure": measurement(cfg),
-        "chunk_size": cfg.trainer.chunk_size,
-        "cuda_graphs": cfg.trainer.cuda_graphs,
-        "deterministic": cfg.trainer.deterministic,
-    }
+def engine_settings(cfg: Config) -> Settings:
+    """The config as one run of hw3.engine.train (but data, device and callbacks)."""
+    return Settings(
+        model=cfg.model.name,
+        lr=cfg.optimizer.lr,
+        momentum=cfg.optimizer.momentum,
+        weight_decay=cfg.optimizer.weight_decay,
+        epochs=cfg.trainer.epochs,
+        batch_size=cfg.trainer.batch_size,
+        seed=cfg.seed,
+        measure=measurement(cfg),
+        chunk_size=cfg.trainer.chunk_size,
+        cuda_graphs=cfg.trainer.cuda_graphs,
+    )
+
+
+def read_data(cfg: Config, files: DatasetFiles) -> FashionMNIST:
+    """The dataset's files read and preprocessed as the config says."""
+    return read_fashion_mnist(
+        files,
+        normalize=cfg.data.normalize,
+        mean=cfg.data.mean,
+        std=cfg.data.std,
+        train_size=cfg.data.train_size,
+        test_size=cfg.data.test_size,
+        checksums=OFFICIAL_MD5 if cfg.data.verify else None,
+    )
+
+
+def job_name(cfg: Config) -> str:
+    """The job's MLflow run name, as its log lines call it: `<model>-seed<seed>`."""
+    return f"{cfg.model.name}-seed{cfg.seed}"
 
 
 def _dataset_name(cfg: Config) -> str:
     """'FashionMNIST', with the subset when one is used: the UI's Dataset column shows it."""
     sizes = {"train": cfg.data.train_size, "test": cfg.data.test_size}
     return " ".join(["FashionMNIST", *(f"{s}[:{n}]" for s, n in sizes.items() if n is not None)])
+
+
+def store_failure(name: str, store: Store, err: MlflowException) -> RunFailed:
+    """The one-line failure of a job whose tracking store stopped answering (past MLflow's
+    retries): the run could not be told, so it is left for the relaunch to resume."""
+    why = str(err.message).splitlines()[0][:300]
+    return RunFailed(
+        f"{name} stopped: the tracking store {redact(store.uri)} did not answer ({why}); "
+        "relaunch the same command once it does: the run resumes from its last pass"
+    )
 
 
 def _record_on_parent(store: Store, sweep: Sweep, fp: str, run_id: str, *, training: bool) -> None:
@@ -163,7 +196,7 @@ class Job:
     ) -> None:
         self.cfg, self.store, self.sweep, self.run_id = cfg, store, sweep, run_id
         self.files, self.checkpoint, self.hydra_dir = files, checkpoint, hydra_dir
-        self.name = f"{cfg.model.name}-seed{cfg.seed}"
+        self.name = job_name(cfg)
         self._claim = claim
         self._logged: set[int] = set()
         self._heartbeat = Heartbeat(self._beat, cfg.tracking.heartbeat_s)
@@ -178,6 +211,11 @@ class Job:
         # Where and how may differ when a run resumes: tags can change, params cannot.
         where_how = {k: v for k, v in values.items() if k in PLACE_KEYS}
         log_values(self.store, self.run_id, params=params, tags=where_how)
+        self._logged = logged_steps(self.store, self.run_id, "test/acc")
+        self._heartbeat.start()
+
+    def log_dataset(self) -> None:
+        """Record the data as the run's dataset input, once they were read and verified."""
         log_dataset(
             self.store,
             self.run_id,
@@ -190,8 +228,6 @@ class Job:
                 "test_size": self.cfg.data.test_size,
             },
         )
-        self._logged = logged_steps(self.store, self.run_id, "test/acc")
-        self._heartbeat.start()
 
     def on_pass_end(self, epoch: int, metrics: Metrics) -> None:
         """Log a finished pass, unless it was logged before a kill (a replay from a checkpoint)."""
@@ -201,42 +237,28 @@ class Job:
         shown = " ".join(f"{k}={metrics[k]:.4g}" for k in PROGRESS if k in metrics)
         log.info("%s pass %d/%d: %s", self.name, epoch, self.cfg.trainer.epochs, shown)
 
-    def run(self) -> None:
-        """Start, train into the run, then end it FINISHED; or FAILED with its one-line error."""
-        try:
-            self.start()
-            device = resolve_device(self.cfg.trainer.device)
-            log_values(self.store, self.run_id, tags={"device": device.type})
-            data = read_fashion_mnist(
-                self.files,
-                normalize=self.cfg.data.normalize,
-                mean=self.cfg.data.mean,
-                std=self.cfg.data.std,
-                train_size=self.cfg.data.train_size,
-                test_size=self.cfg.data.test_size,
-                checksums=OFFICIAL_MD5 if self.cfg.data.verify else None,
-            )
-            train(
-                data,
-                **engine_kwargs(self.cfg),
-                device=device.type,
-                on_pass_end=self.on_pass_end,
-                checkpoint=self.checkpoint,
-            )
-        except Diverged as err:
+    def member(self) -> Member:
+        """The job as a member of hw3.engine.train.train_group: its passes go to its run."""
+        return Member(engine_settings(self.cfg), self.on_pass_end, self.checkpoint)
+
+    def conclude(self, outcome: list[Metrics] | Diverged) -> RunFailed | None:
+        """End the run by how its training ended: FINISHED (also a divergence with
+        trainer.on_divergence=stop), else FAILED, returning its one-line failure."""
+        if isinstance(outcome, Diverged):
             if self.cfg.trainer.on_divergence == "stop":
-                log.info("%s: %s; stopped (trainer.on_divergence=stop)", self.name, err)
-                self.finish(diverged=err)
-                return
-            self.fail(err)
-            raise RunFailed(f"{self.name} FAILED: {err}") from err
-        except (DataError, DeviceError) as err:
-            self.fail(err)
-            raise RunFailed(f"{self.name} FAILED: {str(err).splitlines()[0]}") from err
-        except BaseException as err:
-            self.fail(err)
-            raise
+                log.info("%s: %s; stopped (trainer.on_divergence=stop)", self.name, outcome)
+                self.finish(diverged=outcome)
+                return None
+            self.fail(outcome)
+            return RunFailed(f"{self.name} FAILED: {outcome}")
         self.finish()
+        return None
+
+    def run(self) -> None:
+        """Train into the run, then end it FINISHED; or FAILED, raising its one-line RunFailed."""
+        (failure,) = train_jobs([self])
+        if failure is not None:
+            raise failure
 
     def finish(self, diverged: Diverged | None = None) -> None:
         """Log the artifacts and end the run FINISHED (tagged diverged if it stopped so)."""
@@ -248,16 +270,21 @@ class Job:
         self.checkpoint.unlink(missing_ok=True)
 
     def fail(self, err: BaseException) -> None:
-        """End the run FAILED (KILLED for Ctrl-C) with its error as a tag and error.txt."""
+        """End the run FAILED (KILLED for Ctrl-C) with its error as a tag and error.txt; if the
+        store cannot be told, say so and leave the run for the relaunch (never mask `err`)."""
         tags = {"error": str(err).splitlines()[0][:4000] if str(err) else type(err).__name__}
         if isinstance(err, Diverged):
             tags |= {"diverged": "true", "diverged_pass": err.epoch}
-        log_values(self.store, self.run_id, tags=tags)
-        self.store.client.log_text(
-            self.run_id, "".join(traceback.format_exception(err)), "error.txt"
-        )
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        self.store.client.set_terminated(self.run_id, status)
+        try:
+            log_values(self.store, self.run_id, tags=tags)
+            self.store.client.log_text(
+                self.run_id, "".join(traceback.format_exception(err)), "error.txt"
+            )
+            self.store.client.set_terminated(self.run_id, status)
+        except MlflowException as store_err:
+            why = str(store_err.message).splitlines()[0][:300]
+            log.warning("%s: run %s not marked %s (%s)", self.name, self.run_id, status, why)
 
     def close(self) -> None:
         """Stop the heartbeat and give up the claim."""
@@ -279,9 +306,54 @@ class Job:
             self.store.client.log_artifact(self.run_id, str(path), "model")
 
 
+def train_jobs(jobs: Sequence[Job]) -> list[RunFailed | None]:
+    """Start the jobs' runs, read their data once, train them together and end each run; per
+    job None (FINISHED) or its one-line failure (FAILED). The jobs share the data config and
+    trainer.device, trainer.deterministic and trainer.batch_size (hw3.tracking.group).
+
+    An error outside every run's training (Ctrl-C, a store gone) ends every run FAILED (KILLED
+    for Ctrl-C) and is raised: each resumes from its last pass when the job is launched again.
+    """
+    cfg = jobs[0].cfg
+    try:
+        for job in jobs:
+            job.start()
+        device = resolve_device(cfg.trainer.device)
+        tags = {"device": device.type}
+        if len(jobs) > 1:
+            # On CUDA the members' steps run side by side: a pass is timed at the group's wall
+            # time over the members training it; on CPU they train in turn, each timed alone.
+            tags |= {"group_size": len(jobs)}
+            tags |= {"group_pass_time": "shared" if device.type == "cuda" else "own"}
+        for job in jobs:
+            log_values(job.store, job.run_id, tags=tags)
+        data = read_data(cfg, jobs[0].files)
+        for job in jobs:
+            job.log_dataset()
+        outcomes = train_group(
+            data,
+            [job.member() for job in jobs],
+            device=device.type,
+            deterministic=cfg.trainer.deterministic,
+        )
+    except (DataError, DeviceError) as err:
+        for job in jobs:
+            job.fail(err)
+        return [RunFailed(f"{job.name} FAILED: {str(err).splitlines()[0]}") for job in jobs]
+    except MlflowException as err:  # the store, gone for longer than MLflow's retries
+        for job in jobs:
+            job.fail(err)
+        return [store_failure(job.name, job.store, err) for job in jobs]
+    except BaseException as err:
+        for job in jobs:
+            job.fail(err)
+        raise
+    return [job.conclude(outcome) for job, outcome in zip(jobs, outcomes, strict=True)]
+
+
 def open_job(cfg: Config, *, overrides: list[str], hydra_dir: Path | None) -> Job | None:
     """Claim `cfg`'s run (new, or resumed in place); None if it is done or trained elsewhere."""
-    name = f"{cfg.model.name}-seed{cfg.seed}"
+    name = job_name(cfg)
     try:
         validate(cfg)
         sweep = Sweep.from_env(cfg.tracking.experiment)
@@ -295,6 +367,23 @@ def open_job(cfg: Config, *, overrides: list[str], hydra_dir: Path | None) -> Jo
         raise RunFailed(str(err).splitlines()[0]) from err
     except DataError as err:
         raise RunFailed(f"{name}: {str(err).splitlines()[0]}") from err
+    try:
+        return _claim_run(cfg, store, sweep, experiment, files, overrides, hydra_dir)
+    except MlflowException as err:
+        raise store_failure(name, store, err) from err
+
+
+def _claim_run(
+    cfg: Config,
+    store: Store,
+    sweep: Sweep,
+    experiment: str,
+    files: DatasetFiles,
+    overrides: list[str],
+    hydra_dir: Path | None,
+) -> Job | None:
+    """`open_job` once the store, the experiment and the data files are known."""
+    name = job_name(cfg)
     fp = run_fingerprint(cfg, files.digest)
     folder = local_folder(resolve_path(cfg.trainer.checkpoint_dir), store, experiment)
     claim = Claim.take(folder / f"{fp}.lock")
@@ -353,8 +442,10 @@ def _open_run(
         if who := live_holder(run.data.tags, run.info.status, stale_after_s=stale_after_s):
             log.info("skip %s: run %s is being trained by %s", name, run.info.run_id, who)
             return run.info.run_id, False
-    _supersede_older_versions(store, experiment, tags, stale_after_s)
     resumable = next((r for r in earlier if r.info.status != "FINISHED"), None)
+    if resumable is None and not cfg.force:
+        resumable = _failed_on_other_data(store, experiment, tags, stale_after_s)
+    _supersede_older_versions(store, experiment, tags, stale_after_s, resumable)
     if cfg.force or resumable is None:
         return store.client.create_run(experiment, tags=tags, run_name=name).info.run_id, True
     run_id = resumable.info.run_id
@@ -381,17 +472,46 @@ def _restart(store: Store, experiment: str, old: Run, tags: dict[str, str], lost
     return new.info.run_id
 
 
-def _supersede_older_versions(
+def _failed_on_other_data(
     store: Store, experiment: str, tags: dict[str, str], stale_after_s: float
+) -> Run | None:
+    """An unfinished run of this config and engine that logged no pass: it failed before it
+    trained on its data (say they were broken, and are now repaired), so it resumes in place,
+    taking this job's data digest and fingerprint."""
+    same_config = find_runs(
+        store,
+        experiment,
+        kind="train",
+        config_fingerprint=tags["config_fingerprint"],
+        engine_version=tags["engine_version"],
+    )
+    return next(
+        (
+            run
+            for run in same_config
+            if run.info.status != "FINISHED"
+            and "superseded" not in run.data.tags
+            and not live_holder(run.data.tags, run.info.status, stale_after_s=stale_after_s)
+            and not logged_steps(store, run.info.run_id, "test/acc")
+        ),
+        None,
+    )
+
+
+def _supersede_older_versions(
+    store: Store, experiment: str, tags: dict[str, str], stale_after_s: float, keep: Run | None
 ) -> None:
     """Say so, once, when unfinished runs of this config were computed by other engine code or
-    data: they are not resumed (their results would mix) and stop counting as running."""
+    data: they are not resumed (their results would mix) and stop counting as running. `keep`
+    is the run this job resumes."""
     same_config = find_runs(
         store, experiment, kind="train", config_fingerprint=tags["config_fingerprint"]
     )
     for run in same_config:
         old = run.data.tags
         if run.info.status == "FINISHED" or old["fingerprint"] == tags["fingerprint"]:
+            continue
+        if keep is not None and run.info.run_id == keep.info.run_id:
             continue
         if "superseded" in old or live_holder(old, run.info.status, stale_after_s=stale_after_s):
             continue

@@ -1,0 +1,95 @@
+"""A sweep's compatible jobs trained together: one process, one data read, one device.
+
+Jobs share a group when they train the same architecture on the same data, on the same device,
+with the same determinism, batch size and measurement; `group_size` caps a group. Each member
+goes through its own job's steps (hw3.tracking.job: claim, skip or resume, its own MLflow run),
+so its run is a run.py run's but for the tags `group_size` and `group_pass_time`; a job alone
+in its group runs exactly as with run.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from hw3.tracking.job import job_name, open_job, train_jobs
+from hw3.tracking.schema import Config, flatten, resolve_path
+from hw3.tracking.store import fingerprint
+
+log = logging.getLogger("hw3")
+
+# What members must share besides the data (all of data.*): one device and one set of kernel
+# settings for the group, steps of one size side by side, the same architecture and landscape
+# measurement (so that the members' passes take the same time).
+SHARED_KEYS = ("trainer.device", "trainer.deterministic", "trainer.batch_size", "model.name")
+SHARED_GROUPS = ("data.", "smoothness.")
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job of a sweep as run.py gets it: its typed config, overrides and Hydra folder."""
+
+    cfg: Config
+    overrides: list[str]
+    hydra_dir: Path | None
+
+
+def group_key(cfg: Config) -> str:
+    """Jobs with the same key can train together (data.root compared as the folder it names)."""
+    values = flatten(cfg)
+    shared = {k: v for k, v in values.items() if k in SHARED_KEYS or k.startswith(SHARED_GROUPS)}
+    return fingerprint(shared | {"data.root": str(resolve_path(cfg.data.root))})
+
+
+def plan_groups(configs: Sequence[Config], group_size: int) -> list[list[int]]:
+    """The configs' indices in groups of at most `group_size` sharing a key, in launch order."""
+    groups: list[list[int]] = []
+    filling: dict[str, list[int]] = {}  # key → its group that is not full yet
+    for i, cfg in enumerate(configs):
+        key = group_key(cfg)
+        if key not in filling or len(filling[key]) >= group_size:
+            filling[key] = []
+            groups.append(filling[key])
+        filling[key].append(i)
+    return groups
+
+
+def run_group(specs: Sequence[JobSpec]) -> list[Exception | None]:
+    """Open each job (claim, skip or resume its run), train the opened ones together and close
+    them; per job what made it fail (a RunFailed is its one-line error), None if it did not."""
+    outcomes: list[Exception | None] = [None] * len(specs)
+    opened = {}
+    try:
+        for i, spec in enumerate(specs):
+            try:
+                job = open_job(spec.cfg, overrides=spec.overrides, hydra_dir=spec.hydra_dir)
+            except Exception as err:  # this job's failure, as a sweep job's: the others go on
+                outcomes[i] = err
+                continue
+            if job is not None:
+                opened[i] = job
+        if opened:
+            try:
+                failures: Sequence[Exception | None] = train_jobs(list(opened.values()))
+            except Exception as err:  # every run is FAILED and resumes when relaunched
+                failures = [err] * len(opened)
+            for i, failure in zip(opened, failures, strict=True):
+                outcomes[i] = failure
+    finally:
+        for job in opened.values():
+            job.close()
+    return outcomes
+
+
+def run_groups(specs: Sequence[JobSpec], group_size: int) -> list[Exception | None]:
+    """Train the jobs group after group in this process; per job as `run_group` says."""
+    outcomes: list[Exception | None] = [None] * len(specs)
+    groups = plan_groups([s.cfg for s in specs], group_size)
+    for n, group in enumerate(groups, start=1):
+        names = ", ".join(job_name(specs[i].cfg) for i in group)
+        log.info("group %d/%d: %s", n, len(groups), names)
+        for i, outcome in zip(group, run_group([specs[i] for i in group]), strict=True):
+            outcomes[i] = outcome
+    return outcomes

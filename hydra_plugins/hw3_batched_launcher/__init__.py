@@ -1,0 +1,1 @@
+"""hydra/launcher=batched: a sweep's compatible jobs trained together in one process."""
