@@ -16,7 +16,7 @@ from hw3.tracking.schema import PROJECT_ROOT, register
 register()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def compose_config() -> Callable[..., DictConfig]:
     """Compose conf/config.yaml with overrides, as run.py would (`hydra=True` keeps that node)."""
 

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import os
 import random
+import re
 import signal
 import socket
 import struct
@@ -21,6 +22,7 @@ from typing import TypeVar
 
 import pytest
 import torch
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from hw3.engine.data import SYSTEM_DIR, FashionMNIST, Split, raw_dir
@@ -62,6 +64,8 @@ L_HAT = Measurement(
     sharpness_tol=1e-3,
 )
 WAIT_S = 300  # the longest any one step of a test may wait for a process or a store
+EPOCHS = 3  # passes of the tests' CLI runs
+CONFIGS = ["bn-seed0", "bn-seed1", "plain-seed0", "plain-seed1"]  # a plain,bn × seeds 0,1 sweep
 T = TypeVar("T")
 
 
@@ -201,10 +205,10 @@ def store_uri(where: Path | str) -> str:
     return f"sqlite:///{where / 'mlflow.db'}" if isinstance(where, Path) else where
 
 
-def job_args(
+def config_args(
     tmp: Path, root: Path, experiment: str, *extra: str, uri: str | None = None
 ) -> list[str]:
-    """Overrides that keep everything a run writes inside `tmp` (its store too, unless `uri`)."""
+    """Config overrides that keep what a job writes inside `tmp` (its store too, unless `uri`)."""
     return [
         f"data.root={root}",
         "data.verify=false",
@@ -212,10 +216,34 @@ def job_args(
         f"trainer.checkpoint_dir={tmp / 'ckpt'}",
         f"tracking.uri={uri or store_uri(tmp)}",
         f"tracking.experiment={experiment}",
-        f"hydra.run.dir={tmp / 'outputs'}",
-        f"hydra.sweep.dir={tmp / 'multirun'}",
         *extra,
     ]
+
+
+def job_args(
+    tmp: Path, root: Path, experiment: str, *extra: str, uri: str | None = None
+) -> list[str]:
+    """`config_args` and Hydra's own folders, also inside `tmp`: a CLI run's overrides."""
+    hydra_dirs = [f"hydra.run.dir={tmp / 'outputs'}", f"hydra.sweep.dir={tmp / 'multirun'}"]
+    return [*config_args(tmp, root, experiment, uri=uri), *hydra_dirs, *extra]
+
+
+def output(result: subprocess.CompletedProcess) -> str:
+    """What a CLI run printed (Hydra logs to stderr, hw3's job log to stdout or stderr)."""
+    return result.stdout + result.stderr
+
+
+def error_lines(text: str) -> list[str]:
+    """The `error:` lines in a CLI run's output."""
+    return [line for line in text.splitlines() if line.startswith("error:")]
+
+
+_SKIPPED = re.compile(r"skip (\S+): already FINISHED as run (\w+) ")
+
+
+def skipped(text: str) -> list[tuple[str, str]]:
+    """(job name, run id) of each job a launch skipped as already FINISHED, in sorted order."""
+    return sorted(_SKIPPED.findall(text))
 
 
 def runs_of(where: Path | str, experiment: str, kind: str = "train") -> list:
@@ -232,6 +260,11 @@ def history_of(where: Path | str, run_id: str) -> dict[str, list[tuple[int, floa
     return {
         k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys
     }
+
+
+def untimed(history: dict[str, list[tuple[int, float]]]) -> dict[str, list[tuple[int, float]]]:
+    """A `history_of` without the wall-clock `time/*` metrics: what reruns reproduce bit for bit."""
+    return {k: points for k, points in history.items() if not k.startswith("time/")}
 
 
 # --- processes ----------------------------------------------------------------------------------
@@ -322,3 +355,26 @@ def kill_when_logged(proc: subprocess.Popen, where: Path | str, experiment: str,
     run = wait_for(f"a run of {experiment} to log {passes} pass(es)", logged, proc)
     stop(proc)
     return run
+
+
+def assert_complete(where: Path | str, experiment: str) -> dict[str, Run]:
+    """The sweep's four runs, FINISHED under its one FINISHED parent, every metric logged at
+    passes 1..EPOCHS exactly once, and nothing in the Default experiment; by run name."""
+    (parent,) = runs_of(where, experiment, kind="sweep")
+    assert parent.info.status == "FINISHED"
+    runs = runs_of(where, experiment)
+    assert sorted(r.info.run_name for r in runs) == CONFIGS
+    for run in runs:
+        assert run.info.status == "FINISHED", run.info.run_name
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        history = history_of(where, run.info.run_id)
+        assert set(history) == METRICS
+        for key, points in history.items():
+            assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), (run.info.run_name, key)
+    assert MlflowClient(store_uri(where)).search_runs(["0"]) == []
+    return {r.info.run_name: r for r in runs}
+
+
+def override(args: list[str], key: str, value: object) -> list[str]:
+    """`args` with `key=value` in place of the override of `key`."""
+    return [f"{key}={value}" if a.startswith(f"{key}=") else a for a in args]

@@ -105,6 +105,7 @@ def test_the_check_sees_imports_at_any_depth(tmp_path, monkeypatch):
     assert any("hw3.engine.relay:1 → hw3.engine.hop:1 → hw3.tracking" in line for line in found)
 
 
+@pytest.mark.slow
 def test_importing_the_engine_loads_neither_hydra_nor_mlflow():
     engine = [m for m in MODULES if m.startswith("hw3.engine")]
     code = (

@@ -242,6 +242,7 @@ def test_nothing_to_analyse_fails_clearly(tmp_path, store):
     assert not missing.parent.exists()  # reading never creates a store
 
 
+@pytest.mark.slow
 def test_the_analysis_run_is_logged_and_ignored_by_the_next_analysis(tmp_path, store):
     uri, client, exp = store
     log_grid(client, exp, ("plain", "stride"), n_seeds=2)

@@ -67,6 +67,7 @@ def served(lines: list[str]) -> dict[str, str]:
     return dict(zip(args[2::2], args[3::2], strict=True))
 
 
+@pytest.mark.slow
 def test_the_ui_binds_loopback_and_port_and_opens_on_model_training(project, empty_db):
     db = project / "mlruns" / "mlflow.db"
     db.parent.mkdir()

@@ -53,6 +53,7 @@ def untimed(history: list[Metrics]) -> list[Metrics]:
     return [{k: v for k, v in m.items() if not k.startswith("time/")} for m in history]
 
 
+@pytest.mark.slow
 def test_each_member_gets_the_bits_it_gets_alone(data: FashionMNIST):
     together = train_group(data, [Member(s) for s in MEMBERS], device="cpu", deterministic=True)
     assert [len(h) for h in together] == [3, 3, 2]
@@ -72,6 +73,7 @@ def test_a_diverging_member_stops_alone(data: FashionMNIST):
     assert untimed(last) == untimed(alone(data, MEMBERS[1]))
 
 
+@pytest.mark.slow
 def test_an_interrupted_group_resumes_every_member_from_its_last_pass(
     data: FashionMNIST, tmp_path: Path
 ):

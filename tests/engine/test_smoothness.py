@@ -257,8 +257,16 @@ def test_matches_float64_reference(name: str, examples: tuple[torch.Tensor, torc
 
 @pytest.mark.parametrize(
     ("name", "scales"),
-    # every model on the profile; lines without c = 1 on the fastest model
-    [*((name, PROFILE) for name in MODELS), ("stride", (0.25, 0.5)), ("stride", (-0.5, 3.0))],
+    # every model on the profile (plain's and bn's take seconds: slow); lines without
+    # c = 1 on the fastest model
+    [
+        *(
+            pytest.param(name, PROFILE, marks=[pytest.mark.slow] if name != "stride" else [])
+            for name in MODELS
+        ),
+        ("stride", (0.25, 0.5)),
+        ("stride", (-0.5, 3.0)),
+    ],
     ids=str,
 )
 def test_directions_and_profile_match_float64_reference(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from hw3.engine.data import (
     load_fashion_mnist,
     raw_dir,
 )
+from hw3.engine.device import synchronize
 from hw3.engine.evaluation import full_pass
 from hw3.engine.models import MODELS, build_model
 from hw3.engine.smoothness import measure
@@ -103,17 +105,55 @@ def test_history_keys(data: FashionMNIST):
     assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
     assert metrics["smoothness/L"] > 0
     assert metrics["smoothness/lr_max"] == pytest.approx(1 / metrics["smoothness/L"])
-    assert 0 <= metrics["train/acc"] <= 1 and 0 <= metrics["test/acc"] <= 1
-    assert all(metrics[k] >= 0 for k in ("time/train_pass_s", "time/smoothness_s", "time/eval_s"))
+    for split, n in (("train", len(data.train)), ("test", len(data.test))):
+        correct = metrics[f"{split}/acc"] * n  # a share of the split's examples, not of chunks
+        assert correct == pytest.approx(round(correct), abs=1e-9), split
+
+
+class Clock:
+    """A stand-in for the `time` module whose perf_counter moves only when a wrapped call ends."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def taking(self, seconds: float, fn: Callable) -> Callable:
+        """`fn`, made to take `seconds` on this clock."""
+
+        def timed(*args, **kwargs):
+            result = fn(*args, **kwargs)
+            self.now += seconds
+            return result
+
+        return timed
+
+
+def test_each_time_metric_spans_its_own_phase(data: FashionMNIST, monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(hw3.engine.train, "time", clock)
+    # The steps take 1 s (they end with a device sync), the measurement 10 s, a full pass 100 s.
+    monkeypatch.setattr(hw3.engine.train, "synchronize", clock.taking(1.0, synchronize))
+    monkeypatch.setattr(hw3.engine.train, "measure", clock.taking(10.0, measure))
+    monkeypatch.setattr(hw3.engine.train, "full_pass", clock.taking(100.0, full_pass))
+    phases = ("time/train_pass_s", "time/smoothness_s", "time/eval_s")
+    measured = [tuple(m[k] for k in phases) for m in run(data, epochs=2)]
+    assert measured == [(1.0, 10.0, 100.0)] * 2  # f(w) came from the measurement
+    unmeasured = [tuple(m[k] for k in phases) for m in run(data, epochs=2, measure=None)]
+    assert unmeasured == [(1.0, 0.0, 200.0)] * 2  # f(w) by a pass over the training split
 
 
 def test_divergence_names_pass_and_step(data: FashionMNIST):
     with pytest.raises(Diverged) as excinfo:
-        run(data, model="plain", lr=1e12, momentum=0.0, measure=None)
+        run(data, model="plain", lr=1e12, momentum=0.0, weight_decay=0.0, measure=None)
+    losses, _ = reference_training(data, lr=1e12, epochs=1, batch_size=32, seed=0)
+    first_bad = next(i for i, loss in enumerate(losses[0], start=1) if not math.isfinite(loss))
+    assert first_bad > 1  # the first step's loss is finite: the step is counted, not assumed
     err = excinfo.value
-    assert err.epoch == 1 and 1 <= err.step <= 256 // 32
+    assert (err.epoch, err.step) == (1, first_bad)
     message = str(err)
-    assert f"pass 1, step {err.step}" in message and "lr=1000000000000.0" in message
+    assert f"pass 1, step {first_bad} (lr=1000000000000.0); lower optimizer.lr" in message
     assert "\n" not in message
 
 
@@ -151,8 +191,8 @@ def test_resume_after_interruption(data: FashionMNIST, tmp_path: Path):
 
     # A finished run only replays.
     again: list[int] = []
-    assert run(data, epochs=3, checkpoint=checkpoint, on_pass_end=lambda e, m: again.append(e))
-    assert again == [1, 2, 3]
+    replay = run(data, epochs=3, checkpoint=checkpoint, on_pass_end=lambda e, m: again.append(e))
+    assert replay == resumed and again == [1, 2, 3]
 
 
 # Several directions, a step-size profile and λ_max: every random stream of a run in use.
@@ -175,6 +215,7 @@ def test_the_landscape_is_logged_when_asked_for(data: FashionMNIST):
     assert metrics["smoothness/sharpness"] > 0
 
 
+@pytest.mark.slow  # over 2 s on two cores
 @pytest.mark.parametrize("model", MODELS)
 def test_measuring_the_landscape_does_not_change_training(data: FashionMNIST, model: str):
     measured = run(data, model=model, epochs=2, measure=LANDSCAPE)
@@ -183,6 +224,7 @@ def test_measuring_the_landscape_does_not_change_training(data: FashionMNIST, mo
         assert {k: a[k] for k in FIT_KEYS} == {k: b[k] for k in FIT_KEYS}
 
 
+@pytest.mark.slow  # over 2 s on two cores
 def test_direction_one_is_the_single_direction_at_every_pass(data, monkeypatch):
     first_directions: dict[int, list[float]] = {1: [], 3: []}
 
@@ -198,6 +240,7 @@ def test_direction_one_is_the_single_direction_at_every_pass(data, monkeypatch):
     assert first_directions[3] == first_directions[1]
 
 
+@pytest.mark.slow  # over 2 s on two cores
 def test_a_resumed_landscape_run_equals_an_uninterrupted_one(data: FashionMNIST, tmp_path):
     straight = run(data, epochs=3, measure=LANDSCAPE)
 
@@ -227,36 +270,36 @@ def test_resume_extends_a_finished_run(data: FashionMNIST, tmp_path: Path):
 
 def reference_training(
     data: FashionMNIST, *, lr: float, epochs: int, batch_size: int, seed: int
-) -> tuple[list[float], list[float]]:
-    """Plain SGD written out: the running train loss and the test loss after every pass."""
+) -> tuple[list[list[float]], list[float]]:
+    """Plain SGD written out: every step's minibatch loss and the test loss, pass by pass."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "init"))
         net = build_model("plain")
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
     shuffle = torch.Generator().manual_seed(derive_seed(seed, "shuffle"))
     x, y = data.train.x, data.train.y
-    running, test = [], []
+    losses, test = [], []
     for _ in range(epochs):
         order = torch.randperm(len(y), generator=shuffle)
-        losses = []
+        losses.append([])
         for start in range(0, len(y), batch_size):
             idx = order[start : start + batch_size]
             optimizer.zero_grad()
             loss = F.cross_entropy(net(x[idx]), y[idx])
             loss.backward()
             optimizer.step()
-            losses.append(loss.item())
-        running.append(sum(losses) / len(losses))
+            losses[-1].append(loss.item())
         net.eval()
         test.append(full_pass(net, data.test.x, data.test.y, chunk_size=1000).loss)
         net.train()
-    return running, test
+    return losses, test
 
 
 def test_partial_last_batch(data: FashionMNIST):
     """256 examples in batches of 100: steps of 100, 100 and 56, every example once a pass."""
     history = run(data, model="plain", lr=0.05, momentum=0.0, weight_decay=0.0, batch_size=100)
-    running, test = reference_training(data, lr=0.05, epochs=2, batch_size=100, seed=0)
+    losses, test = reference_training(data, lr=0.05, epochs=2, batch_size=100, seed=0)
+    running = [sum(steps) / len(steps) for steps in losses]
     assert [m["train/loss_running"] for m in history] == pytest.approx(running, rel=1e-5)
     assert [m["test/loss"] for m in history] == pytest.approx(test, rel=1e-5)
 
@@ -297,6 +340,7 @@ def test_real_data_split_and_normalisation(real: FashionMNIST):
     assert sorted(torch.bincount(real.test.y).tolist()) == [1000] * 10
 
 
+@pytest.mark.slow  # over 2 s on two cores
 def test_one_pass_on_real_data_beats_chance(real: FashionMNIST):
     subset = FashionMNIST(
         train=Split(real.train.x[:2000], real.train.y[:2000]),  # = data.train_size=2000

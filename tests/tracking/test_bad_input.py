@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import free_port, job_args, run_cli, store_uri
+from helpers import error_lines, free_port, job_args, real_data_location, run_cli, store_uri
 from mlflow.tracking import MlflowClient
 
+from hw3.engine.data import OFFICIAL_MD5, raw_dir, resolve
 from hw3.tracking.store import connect, experiment_id, log_values
 
 pytestmark = pytest.mark.slow  # a dozen CLI runs: about a minute on two cores
@@ -25,11 +26,12 @@ class Case:
     says: tuple[str, ...]  # fragments of the one error line: the problem, then the fix
     uri: str | None = None  # a bad store instead of the case's own; {tmp} is the case's folder
     sweep: bool = False  # launched with -m
-    data: str = "tiny"  # tiny | truncated
+    data: str = "tiny"  # tiny | truncated | corrupted (the official files, one byte changed)
 
 
 HINT = "python run.py --help"
 UNREACHABLE = f"http://127.0.0.1:{free_port()}"
+CORRUPTED = "t10k-labels-idx1-ubyte"  # checked last: the three files before it pass
 CASES = {
     "typo": Case(("trainer.epoch=3",), ("Key 'epoch' not in 'TrainerConfig'", HINT)),
     "wrong_type": Case(("trainer.epochs=abc",), ("trainer.epochs=abc", "Integer", HINT)),
@@ -45,6 +47,15 @@ CASES = {
     "unreachable_server": Case((), ("unreachable", "scripts/mlflow-server"), uri=UNREACHABLE),
     "unreachable_server_sweep": Case(
         ("model=plain,bn",), ("unreachable", "scripts/mlflow-server", "no job"), UNREACHABLE, True
+    ),
+    "corrupted_official_file": Case(
+        ("data.verify=true", "data.train_size=512", "data.test_size=256"),
+        (
+            "error: plain-seed0 FAILED: /",
+            f"/FashionMNIST/raw/{CORRUPTED}: MD5 ",
+            f" is not the official {OFFICIAL_MD5[CORRUPTED]}; place the official files in",
+        ),
+        data="corrupted",
     ),
 }
 
@@ -62,6 +73,17 @@ def snapshot(uri: str) -> dict[str, tuple]:
     return runs
 
 
+def official_copy(root: Path) -> Path | None:
+    """The official files, decompressed under the fresh `root`; None where there are none."""
+    location = real_data_location(root)
+    if location is None:
+        return None
+    raw = resolve(location[0], system_dir=location[1], download=False)
+    if raw != raw_dir(root):
+        shutil.copytree(raw, raw_dir(root))
+    return root
+
+
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> dict:
     """Every case run at once, each on its own copy of a store holding one FINISHED run."""
@@ -77,14 +99,22 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> dict:
     shutil.copytree(tiny_root, truncated, dirs_exist_ok=True)
     images = truncated / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:5000])
+    roots = {"tiny": tiny_root, "truncated": truncated}
+    if (corrupted := official_copy(tmp_path_factory.mktemp("corrupted"))) is not None:
+        labels = raw_dir(corrupted) / CORRUPTED
+        data = bytearray(labels.read_bytes())
+        data[-1] = (data[-1] + 1) % 10  # another valid label: only the MD5 can tell
+        labels.write_bytes(bytes(data))
+        roots["corrupted"] = corrupted
 
-    def run(name: str) -> tuple:
+    def run(name: str) -> tuple | None:
         case, tmp = CASES[name], tmp_path_factory.mktemp(name)
+        if case.data not in roots:
+            return None
         shutil.copy(template / "mlflow.db", tmp / "mlflow.db")
         (tmp / "a_file").touch()
         uri = case.uri and case.uri.format(tmp=tmp)
-        root = truncated if case.data == "truncated" else tiny_root
-        args = job_args(tmp, root, "bad", "trainer.epochs=1", *case.overrides, uri=uri)
+        args = job_args(tmp, roots[case.data], "bad", "trainer.epochs=1", *case.overrides, uri=uri)
         # Were the bad store ignored, $MLFLOW_TRACKING_URI would be the next in line.
         env = {"MLFLOW_TRACKING_URI": store_uri(tmp)}
         result = run_cli("run.py", *(["-m"] if case.sweep else []), *args, env=env, timeout=180)
@@ -97,9 +127,11 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> dict:
 
 @pytest.mark.parametrize("name", CASES)
 def test_bad_input_is_one_line_and_leaves_the_store_intact(outcomes, name):
+    if outcomes[name] is None:
+        pytest.skip("the official FashionMNIST files are not on this machine")
     case, (tmp, result) = CASES[name], outcomes[name]
-    assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 1
+    errors = error_lines(result.stderr)
     assert len(errors) == 1, result.stderr[-3000:]
     for fragment in case.says:
         assert fragment in errors[0], errors[0]
@@ -108,6 +140,6 @@ def test_bad_input_is_one_line_and_leaves_the_store_intact(outcomes, name):
     before, after = outcomes["before"], snapshot(store_uri(tmp))
     assert {k: after[k] for k in before} == before
     new = [status for run_id, (status, *_) in after.items() if run_id not in before]
-    assert new == (["FAILED"] if case.data == "truncated" else [])
+    assert new == (["FAILED"] if case.data != "tiny" else [])  # bad data: the job's run FAILED
     if case.sweep:
         assert not (tmp / "multirun" / "0").exists()  # no job was launched

@@ -17,12 +17,15 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    EPOCHS,
     METRICS,
     history_of,
     job_args,
     kill_when_logged,
     launched,
     logged_passes,
+    output,
+    override,
     run_cli,
     runs_of,
     store_uri,
@@ -31,28 +34,18 @@ from helpers import (
 )
 from mlflow.tracking import MlflowClient
 
+from hw3.engine.data import raw_dir
 from hw3.tracking.schema import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow  # real CLI runs, a few seconds each
 
-EPOCHS = 3
 UNTIMED = sorted(k for k in METRICS if not k.startswith("time/"))
-
-
-def output(result: subprocess.CompletedProcess) -> str:
-    """What a CLI run printed (Hydra logs to stderr, hw3's job log to stdout or stderr)."""
-    return result.stdout + result.stderr
 
 
 def only_run(where: Path | str, experiment: str):
     """The experiment's single training run."""
     (run,) = runs_of(where, experiment)
     return run
-
-
-def override(args: list[str], key: str, value: object) -> list[str]:
-    """`args` with `key=value` in place of the override of `key`."""
-    return [f"{key}={value}" if a.startswith(f"{key}=") else a for a in args]
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +99,7 @@ def test_an_engine_change_reruns_and_other_changes_do_not(tmp_path, tiny_root, p
 
     # Comments, docstrings and other layers do not change what is computed: skipped.
     training = project_copy / "hw3" / "engine" / "train.py"
-    edit(training, '"""Train `model` on `data`', '"""Train (reworded) `model` on `data`')
+    edit(training, '"""Train one run of `model`', '"""Train (reworded) one run of `model`')
     edit(training, "    dev = resolve_device", "    # a new comment\n    dev = resolve_device")
     edit(project_copy / "hw3" / "tracking" / "job.py", "PROGRESS = (", "PROGRESS = (  # shown\n")
     same = run_copy(project_copy, *args)
@@ -115,11 +108,8 @@ def test_an_engine_change_reruns_and_other_changes_do_not(tmp_path, tiny_root, p
     assert {r.info.run_id for r in runs_of(tmp_path, "code")} == set(before)
 
     # What is computed changes: every seed reruns, the old seeds too, with one more seed.
-    edit(
-        training,
-        "step.loss_sum.item() / int(step.steps)",
-        "2 * step.loss_sum.item() / int(step.steps)",
-    )
+    running_loss = "self.step.loss_sum.item() / int(self.step.steps)"
+    edit(training, running_loss, f"2 * {running_loss}")
     args[-2] = "seed=0,1,2"
     changed = run_copy(project_copy, *args)
     assert changed.returncode == 0, changed.stderr[-3000:]
@@ -145,7 +135,7 @@ def test_a_run_killed_under_other_engine_code_is_not_resumed(tmp_path, slow_root
         start_new_session=True,
     )
     killed = kill_when_logged(job, tmp_path, "killed")
-    running_loss = "step.loss_sum.item() / int(step.steps)"
+    running_loss = "self.step.loss_sum.item() / int(self.step.steps)"
     edit(project_copy / "hw3" / "engine" / "train.py", running_loss, f"{running_loss} + 0.0")
 
     relaunch = run_copy(project_copy, *args)
@@ -400,3 +390,29 @@ def test_every_run_records_its_dataset_and_other_data_is_another_run(tmp_path, t
     assert "already FINISHED" not in output(second)
     digests = {r.data.tags["dataset_digest"] for r in runs_of(tmp_path, "data")}
     assert len(digests) == 2
+
+
+def test_a_run_failed_on_broken_data_resumes_in_place_once_they_are_repaired(tmp_path):
+    root = write_dataset(tmp_path / "data", 512, 256)
+    images = raw_dir(root) / "train-images-idx3-ubyte"
+    good = images.read_bytes()
+    images.write_bytes(good[:5000])
+    args = job_args(tmp_path, root, "repaired", "trainer.epochs=1")
+    broken = run_cli("run.py", *args)
+    assert broken.returncode == 1
+    (failed,) = runs_of(tmp_path, "repaired")
+    assert failed.info.status == "FAILED" and "truncated" in failed.data.tags["error"]
+    assert not failed.inputs.dataset_inputs  # it never trained on them
+
+    images.write_bytes(good)
+    repaired = run_cli("run.py", *args)
+    assert repaired.returncode == 0, repaired.stderr[-3000:]
+    assert f"resume plain-seed0: run {failed.info.run_id}" in output(repaired)
+    (run,) = runs_of(tmp_path, "repaired")
+    assert (run.info.run_id, run.info.status) == (failed.info.run_id, "FINISHED")
+    assert (
+        "error" not in run.data.tags
+        and run.data.tags["dataset_digest"] != (failed.data.tags["dataset_digest"])
+    )
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.digest == run.data.tags["dataset_digest"]

@@ -1,45 +1,124 @@
-"""run.py end to end: sweeps into a temporary store, relaunch, kill and resume, failures."""
+"""run.py end to end: sweeps into a temporary store, relaunch, kill and resume, failures, paths."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
-from helpers import METRICS, history_of, job_args, run_cli, runs_of, write_dataset
+from helpers import (
+    METRICS,
+    config_args,
+    error_lines,
+    history_of,
+    job_args,
+    output,
+    run_cli,
+    runs_of,
+    skipped,
+    store_uri,
+    untimed,
+    write_dataset,
+)
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
-from hw3.tracking.schema import PROJECT_ROOT
+from hw3.engine.data import locate, raw_dir
+from hw3.engine.version import engine_version
+from hw3.tracking.job import config_fingerprint, run_fingerprint
+from hw3.tracking.schema import PLACE_KEYS, PROJECT_ROOT, flatten
+
+pytestmark = pytest.mark.slow  # every test starts run.py, and most of them train
+
+GRID = ("model=plain,bn", "trainer.epochs=2")
+SEEDS = "0,1"
+FIRST = ["bn-seed0", "bn-seed1", "plain-seed0", "plain-seed1"]
 
 
-def test_sweep_logs_nested_runs_and_a_relaunch_skips_them(tmp_path, tiny_root):
-    grid = ["model=plain,bn", "seed=0,1", "trainer.epochs=2"]
-    args = ["-m", *job_args(tmp_path, tiny_root, "sweep", *grid)]
-    first = run_cli("run.py", *args)
-    assert first.returncode == 0, first.stderr
+def sweep_args(tmp: Path, root: Path, seeds: str) -> list[str]:
+    """The sweep of GRID over `seeds`, everything it writes in `tmp`."""
+    return ["-m", *job_args(tmp, root, "sweep", *GRID, f"seed={seeds}")]
 
-    (parent,) = runs_of(tmp_path, "sweep", kind="sweep")
-    assert parent.info.status == "FINISHED"
-    children = runs_of(tmp_path, "sweep")
-    assert sorted(r.info.run_name for r in children) == [
-        "bn-seed0", "bn-seed1", "plain-seed0", "plain-seed1",
-    ]  # fmt: skip
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    for run in children:
+
+def git(*args: str) -> str:
+    """A git command's output in the project's checkout."""
+    return subprocess.run(
+        ["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@dataclass(frozen=True)
+class Swept:
+    """A finished sweep of GRID over SEEDS, and its runs as the launch left them, by name."""
+
+    tmp: Path
+    runs: dict[str, Run]
+    histories: dict[str, dict[str, list[tuple[int, float]]]]
+    parent: Run
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> Swept:
+    """The sweep, launched once (a test that relaunches it checks the runs it finds against
+    these, taken before)."""
+    tmp = tmp_path_factory.mktemp("swept")
+    first = run_cli("run.py", *sweep_args(tmp, tiny_root, SEEDS))
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = {r.info.run_name: r for r in runs_of(tmp, "sweep")}
+    histories = {name: history_of(tmp, r.info.run_id) for name, r in runs.items()}
+    (parent,) = runs_of(tmp, "sweep", kind="sweep")
+    return Swept(tmp, runs, histories, parent)
+
+
+def assert_untouched(where: Path, swept: Swept) -> None:
+    """The sweep's runs are still as it left them: status, end, params, tags and metrics."""
+    for name, before in swept.runs.items():
+        after = MlflowClient(store_uri(where)).get_run(before.info.run_id)
+        assert (after.info.status, after.info.end_time) == ("FINISHED", before.info.end_time)
+        assert (after.data.params, after.data.tags) == (before.data.params, before.data.tags)
+        assert history_of(where, before.info.run_id) == swept.histories[name], name
+
+
+def test_a_sweep_logs_one_nested_run_per_job_with_what_defines_it(swept, compose_config, tiny_root):
+    assert swept.parent.info.status == "FINISHED"
+    assert sorted(swept.runs) == FIRST
+    digest = locate(tiny_root, system_dir=None, download=False).digest
+    client = MlflowClient(store_uri(swept.tmp))
+    for name, run in swept.runs.items():
         tags, params = run.data.tags, run.data.params
+        model, seed = name.split("-seed")
+        job = [*config_args(swept.tmp, tiny_root, "sweep"), *GRID[1:], f"model={model}"]
+        cfg = OmegaConf.to_object(compose_config(*job, f"seed={seed}"))
         assert run.info.status == "FINISHED"
-        assert tags["mlflow.parentRunId"] == parent.info.run_id
-        assert tags["sweep_id"] == parent.data.tags["sweep_id"]
-        assert run.info.run_name == f"{tags['model']}-seed{tags['seed']}"
-        assert f"model={tags['model']}" in tags["overrides"]
-        assert {"git_commit", "git_dirty", "device", "torch_version", "fingerprint"} <= set(tags)
-        assert params["optimizer.lr"] == "0.04" and params["trainer.epochs"] == "2"
-        assert params["model.name"] == tags["model"] and "tracking.uri" not in params
-        history = history_of(tmp_path, run.info.run_id)
+        assert tags["mlflow.parentRunId"] == swept.parent.info.run_id
+        assert tags["sweep_id"] == swept.parent.data.tags["sweep_id"]
+        assert (tags["kind"], tags["model"], tags["seed"]) == ("train", model, seed)
+        assert tags["git_commit"] == git("rev-parse", "HEAD")
+        assert tags["git_dirty"] == str(bool(git("status", "--porcelain"))).lower()
+        assert (tags["device"], tags["torch_version"]) == ("cpu", torch.__version__)
+        assert tags["host"] == socket.gethostname()
+        assert tags["engine_version"] == engine_version()
+        assert tags["dataset_digest"] == digest
+        assert tags["config_fingerprint"] == config_fingerprint(cfg)
+        assert tags["fingerprint"] == run_fingerprint(cfg, digest)
+        assert f"model={model}" in tags["overrides"].split()
+        assert f"seed={seed}" in tags["overrides"].split()
+        flat = flatten(cfg)
+        assert params == {k: str(v) for k, v in flat.items() if k not in PLACE_KEYS}
+        # Where and how as tags, but the URI (it may hold credentials) and force (per launch).
+        place = {k: str(v) for k, v in flat.items() if k in PLACE_KEYS}
+        assert {k: tags.get(k) for k in place} == place | {"tracking.uri": None, "force": None}
+        history = swept.histories[name]
         assert set(history) == METRICS
         assert all([s for s, _ in points] == [1, 2] for points in history.values())
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -47,20 +126,56 @@ def test_sweep_logs_nested_runs_and_a_relaunch_skips_them(tmp_path, tiny_root):
         hydra_files = {a.path for a in client.list_artifacts(run.info.run_id, ".hydra")}
         assert ".hydra/config.yaml" in hydra_files and ".hydra/overrides.yaml" in hydra_files
         state = torch.load(
-            client.download_artifacts(run.info.run_id, "model/state_dict.pt", str(tmp_path)),
+            client.download_artifacts(run.info.run_id, "model/state_dict.pt", str(swept.tmp)),
             weights_only=True,
         )
         assert "3.weight" in state  # the linear layer after the two blocks and Flatten
-    assert len({r.data.tags["fingerprint"] for r in children}) == 4
-
-    again = run_cli("run.py", *args)
-    assert again.returncode == 0, again.stderr
-    assert again.stdout.count("skip ") + again.stderr.count("skip ") == 4
-    assert len(runs_of(tmp_path, "sweep")) == 4
-    assert len(runs_of(tmp_path, "sweep", kind="sweep")) == 1
+    assert len({r.data.tags["fingerprint"] for r in swept.runs.values()}) == 4
 
 
-@pytest.mark.slow
+def test_a_relaunch_skips_finished_runs_and_more_seeds_run_only_the_new_ones(swept, tiny_root):
+    tmp = swept.tmp  # the same command again, into the same store
+    finished = sorted((name, r.info.run_id) for name, r in swept.runs.items())
+
+    again = run_cli("run.py", *sweep_args(tmp, tiny_root, SEEDS))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert skipped(output(again)) == finished
+    assert_untouched(tmp, swept)
+    assert {r.info.run_id for r in runs_of(tmp, "sweep")} == {i for _, i in finished}
+    (parent,) = runs_of(tmp, "sweep", kind="sweep")  # the same sweep: the same parent run
+    assert (parent.info.run_id, parent.info.status) == (swept.parent.info.run_id, "FINISHED")
+
+    more = run_cli("run.py", *sweep_args(tmp, tiny_root, f"{SEEDS},2"))
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert skipped(output(more)) == finished
+    assert_untouched(tmp, swept)
+    new = [r for r in runs_of(tmp, "sweep") if r.info.run_name not in swept.runs]
+    assert sorted(r.info.run_name for r in new) == ["bn-seed2", "plain-seed2"]
+    for run in new:
+        assert run.info.status == "FINISHED"
+        for points in history_of(tmp, run.info.run_id).values():
+            assert [s for s, _ in points] == [1, 2]
+
+
+def test_force_reruns_a_finished_configuration_in_a_new_run(swept, tmp_path, tiny_root):
+    shutil.copy(swept.tmp / "mlflow.db", tmp_path / "mlflow.db")  # the runs' artifacts stay put
+    plain_seed0 = job_args(tmp_path, tiny_root, "sweep", *GRID[1:], "model=plain", "seed=0")
+    forced = run_cli("run.py", *plain_seed0, "force=true")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert "skip" not in output(forced)
+    old = swept.runs["plain-seed0"]
+    (new,) = [
+        r
+        for r in runs_of(tmp_path, "sweep")
+        if r.info.run_name == "plain-seed0" and r.info.run_id != old.info.run_id
+    ]
+    assert (new.info.run_name, new.info.status) == ("plain-seed0", "FINISHED")
+    assert new.data.tags["fingerprint"] == old.data.tags["fingerprint"]
+    new_history = history_of(tmp_path, new.info.run_id)
+    assert untimed(new_history) == untimed(swept.histories["plain-seed0"])  # the same bits
+    assert_untouched(tmp_path, swept)  # the earlier run is kept as it was
+
+
 def test_a_killed_job_resumes_in_the_same_run_with_identical_results(tmp_path):
     root = write_dataset(tmp_path / "data", 4000, 500)
     args = job_args(tmp_path, root, "resume", "trainer.epochs=3")
@@ -90,18 +205,16 @@ def test_a_killed_job_resumes_in_the_same_run_with_identical_results(tmp_path):
     assert [s for s, _ in history_of(tmp_path, killed.info.run_id)["test/acc"]] == [1]
 
     resumed = run_cli("run.py", *args)
-    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     (run,) = runs_of(tmp_path, "resume")
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
     history = history_of(tmp_path, run.info.run_id)
     assert all([s for s, _ in points] == [1, 2, 3] for points in history.values())
 
     straight = run_cli("run.py", *job_args(tmp_path, root, "straight", "trainer.epochs=3"))
-    assert straight.returncode == 0, straight.stderr
+    assert straight.returncode == 0, straight.stderr[-3000:]
     (reference,) = runs_of(tmp_path, "straight")
-    expected = history_of(tmp_path, reference.info.run_id)
-    for key in METRICS - {k for k in METRICS if k.startswith("time/")}:
-        assert history[key] == expected[key], key
+    assert untimed(history) == untimed(history_of(tmp_path, reference.info.run_id))
 
 
 def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, tiny_root):
@@ -110,27 +223,72 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, tiny_root):
         *job_args(tmp_path, tiny_root, "faults", "optimizer.lr=0.04,1e5", "trainer.epochs=1"),
     ]
     result = run_cli("run.py", *args)
-    assert result.returncode != 0
+    assert result.returncode == 1
     runs = {r.data.params["optimizer.lr"]: r for r in runs_of(tmp_path, "faults")}
     assert runs["0.04"].info.status == "FINISHED"
     diverged = runs["100000.0"]
     assert diverged.info.status == "FAILED"
     assert diverged.data.tags["diverged"] == "true" and diverged.data.tags["diverged_pass"] == "1"
-    assert "non-finite loss at pass 1" in diverged.data.tags["error"]
+    error = diverged.data.tags["error"]
+    assert error.startswith("training diverged: non-finite loss at pass 1, step ")
+    assert error_lines(result.stderr) == [f"error: plain-seed0 FAILED: {error}"]
+    assert "Traceback" not in result.stderr
     (parent,) = runs_of(tmp_path, "faults", kind="sweep")
     assert parent.info.status == "FAILED"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_a_failing_single_run_exits_with_one_line_and_is_marked_failed(tmp_path, tiny_root):
-    result = run_cli("run.py", *job_args(tmp_path, tiny_root, "single", "trainer.device=cuda"))
+def test_a_failed_run_exits_in_one_line_and_resumes_in_place_once_repaired(tmp_path, tiny_root):
+    args = job_args(tmp_path, tiny_root, "single", "trainer.epochs=1")
+    result = run_cli("run.py", *args, "trainer.device=cuda")
     assert result.returncode == 1
-    (error,) = [line for line in result.stderr.splitlines() if "FAILED" in line]
-    assert error == (
+    assert error_lines(result.stderr) == [
         "error: plain-seed0 FAILED: trainer.device=cuda but no CUDA GPU is visible; "
         "use trainer.device=cpu"
-    )
+    ]
+    (failed,) = runs_of(tmp_path, "single")
+    assert failed.info.status == "FAILED" and "CUDA" in failed.data.tags["error"]
+    client = MlflowClient(store_uri(tmp_path))
+    assert "error.txt" in {a.path for a in client.list_artifacts(failed.info.run_id)}
+
+    # The device is not part of what the run computes: the same run, resumed on a device here.
+    repaired = run_cli("run.py", *args, "trainer.device=auto")
+    assert repaired.returncode == 0, repaired.stderr[-3000:]
+    assert f"resume plain-seed0: run {failed.info.run_id}" in output(repaired)
     (run,) = runs_of(tmp_path, "single")
-    assert run.info.status == "FAILED" and "CUDA" in run.data.tags["error"]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert "error.txt" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert (run.info.run_id, run.info.status) == (failed.info.run_id, "FINISHED")
+    assert "error" not in run.data.tags
+    assert (run.data.tags["device"], run.data.tags["trainer.device"]) == ("cpu", "auto")
+    assert [s for s, _ in history_of(tmp_path, run.info.run_id)["test/acc"]] == [1]
+
+
+def test_relative_paths_resolve_from_the_project_root_and_the_environment_names_the_store(
+    tmp_path, tiny_root
+):
+    elsewhere = tmp_path / "launched_from"
+    elsewhere.mkdir()
+
+    def relative(path: Path) -> str:
+        return os.path.relpath(path, PROJECT_ROOT)
+
+    args = [
+        f"data.root={relative(tiny_root)}",
+        "data.verify=false",
+        "trainer.device=cpu",
+        f"trainer.checkpoint_dir={relative(tmp_path / 'ckpt')}",
+        "tracking.experiment=rel",
+        f"hydra.run.dir={tmp_path / 'outputs'}",
+        "trainer.epochs=1",
+    ]  # tracking.uri left null: $MLFLOW_TRACKING_URI names the store, relative to the root too
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{relative(tmp_path / 'store')}/mlflow.db"}
+    result = run_cli("run.py", *args, env=env, cwd=elsewhere)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = runs_of(tmp_path / "store", "rel")
+    assert run.info.status == "FINISHED"
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert json.loads(dataset_input.dataset.source) == {"uri": raw_dir(tiny_root).as_uri()}
+    # The run's claim on its configuration stays beside its (deleted) checkpoints.
+    assert [p.name for p in (tmp_path / "ckpt").rglob("*.lock")] == [
+        f"{run.data.tags['fingerprint']}.lock"
+    ]
+    assert list(elsewhere.iterdir()) == []
