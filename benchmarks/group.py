@@ -34,14 +34,12 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))  # hw3 need not be installed
 
-from speed import BATCH_SIZE, CHUNK_SIZE, LR, MEASUREMENT, load_data, run_hw3, warm_up  # noqa: E402  (benchmarks/ is on sys.path)
+from speed import BATCH_SIZE, CHUNK_SIZE, LR, open_inputs, run_hw3, settings, warm_up  # noqa: E402  (benchmarks/ is on sys.path)
 
-from hw3.engine.data import DataError, FashionMNIST  # noqa: E402
+from hw3.engine.data import FashionMNIST  # noqa: E402
 from hw3.engine.device import (  # noqa: E402
-    DeviceError,
     deterministic_kernels,
     ieee_fp32,
-    resolve_device,
     synchronize,
 )
 from hw3.engine.models import MODELS, build_model  # noqa: E402
@@ -52,22 +50,6 @@ from hw3.engine.train import Member, Metrics, Settings, derive_seed, train_group
 TIMES = ("time/train_pass_s", "time/smoothness_s", "time/eval_s")
 WARMUP_STEPS = 5  # untimed steps first: the CUDA graph step captures after 3 eager ones
 T = TypeVar("T")
-
-
-def settings(model: str, seed: int, passes: int) -> Settings:
-    """One run as `speed.run_hw3` trains it (conf/ defaults)."""
-    return Settings(
-        model=model,
-        lr=LR,
-        momentum=0.0,
-        weight_decay=0.0,
-        epochs=passes,
-        batch_size=BATCH_SIZE,
-        seed=seed,
-        measure=MEASUREMENT,
-        chunk_size=CHUNK_SIZE,
-        cuda_graphs=True,
-    )
 
 
 def timed(device: torch.device, run: Callable[[], T]) -> tuple[float, T]:
@@ -308,12 +290,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Print the sweep figure, then one step figure per N; 2 if it cannot run."""
     args = parse_args(argv)
-    try:
-        device = resolve_device(args.device)
-        data = load_data(args.data_root, args.train_size)
-    except (DeviceError, DataError) as err:
-        print(f"group.py: {err}", file=sys.stderr)
-        return 2
+    device, data = open_inputs("group.py", args.device, args.data_root, args.train_size)
     for model in args.models:
         warm_up(device, model)
     print(json.dumps(sweep_figure(data, args, device)), flush=True)

@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-from speed import BATCH_SIZE, CHUNK_SIZE, LR, PROJECT_ROOT, load_data, warm_up
+from speed import BATCH_SIZE, CHUNK_SIZE, LR, PROJECT_ROOT, open_inputs, warm_up
 
-from hw3.engine.data import DataError
-from hw3.engine.device import DeviceError, resolve_device, reuse_cpu_memory, synchronize
+from hw3.engine.device import reuse_cpu_memory, synchronize
 from hw3.engine.evaluation import eval_mode, full_pass
 from hw3.engine.models import MODELS, build_model
 from hw3.engine.sharpness import top_hessian_eigenvalue
@@ -81,12 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Time every configuration; one JSON line each, then the summary; 2 if it cannot run."""
     args = parse_args(argv)
-    try:
-        device = resolve_device(args.device)
-        data = load_data(args.data_root, args.train_size)
-    except (DeviceError, DataError) as err:
-        print(f"landscape.py: {err}", file=sys.stderr)
-        return 2
+    device, data = open_inputs("landscape.py", args.device, args.data_root, args.train_size)
     if device.type == "cpu":
         reuse_cpu_memory()  # as hw3.engine.train does on CPU
     warm_up(device, args.model)

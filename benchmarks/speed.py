@@ -34,7 +34,15 @@ sys.path.insert(0, str(PROJECT_ROOT))  # hw3 need not be installed
 from hw3.engine.data import DataError, FashionMNIST, load_fashion_mnist  # noqa: E402
 from hw3.engine.device import DeviceError, ieee_fp32, resolve_device, reuse_cpu_memory, synchronize  # noqa: E402
 from hw3.engine.models import INPUT_SHAPE, MODELS, build_model  # noqa: E402
-from hw3.engine.train import Measurement, Metrics, derive_seed, train  # noqa: E402
+from hw3.engine.train import (  # noqa: E402
+    Diverged,
+    Measurement,
+    Member,
+    Metrics,
+    Settings,
+    derive_seed,
+    train_group,
+)
 
 LR = 0.04  # conf/optimizer/sgd.yaml (momentum and weight decay 0)
 BATCH_SIZE = 32  # conf/trainer/default.yaml
@@ -187,6 +195,35 @@ def load_data(root: str | Path, train_size: int | None) -> FashionMNIST:
     )
 
 
+def open_inputs(
+    prog: str, device: str, root: Path, train_size: int | None
+) -> tuple[torch.device, FashionMNIST]:
+    """The device and data a benchmark runs on; a one-line error and exit status 2 without."""
+    try:
+        return resolve_device(device), load_data(root, train_size)
+    except (DeviceError, DataError) as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def settings(
+    model: str, seed: int, passes: int, chunk_size: int = CHUNK_SIZE, cuda_graphs: bool = True
+) -> Settings:
+    """One run with the default configuration's settings (conf/ defaults)."""
+    return Settings(
+        model=model,
+        lr=LR,
+        momentum=0.0,
+        weight_decay=0.0,
+        epochs=passes,
+        batch_size=BATCH_SIZE,
+        seed=seed,
+        measure=MEASUREMENT,
+        chunk_size=chunk_size,
+        cuda_graphs=cuda_graphs,
+    )
+
+
 def run_hw3(
     data: FashionMNIST,
     model: str,
@@ -198,21 +235,11 @@ def run_hw3(
     deterministic: bool = True,
 ) -> list[Metrics]:
     """hw3's engine with the default configuration's settings."""
-    return train(
-        data,
-        model=model,
-        lr=LR,
-        momentum=0.0,
-        weight_decay=0.0,
-        epochs=passes,
-        batch_size=BATCH_SIZE,
-        seed=seed,
-        device=device,
-        measure=MEASUREMENT,
-        chunk_size=chunk_size,
-        cuda_graphs=cuda_graphs,
-        deterministic=deterministic,
-    )
+    member = Member(settings(model, seed, passes, chunk_size, cuda_graphs))
+    (outcome,) = train_group(data, [member], device=device, deterministic=deterministic)
+    if isinstance(outcome, Diverged):
+        raise outcome
+    return outcome
 
 
 def summary(history: list[Metrics]) -> dict[str, float]:
@@ -304,12 +331,7 @@ def warm_up(device: torch.device, model: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Time both loops, print the table and, last, one JSON line; 2 if it cannot run."""
     args = parse_args(argv)
-    try:
-        device = resolve_device(args.device)
-        data = load_data(args.data_root, args.train_size)
-    except (DeviceError, DataError) as err:
-        print(f"speed.py: {err}", file=sys.stderr)
-        return 2
+    device, data = open_inputs("speed.py", args.device, args.data_root, args.train_size)
     args.device = device.type
     loaded = {"rss_peak_mib": round(peak_rss_mib(), 1)}
     rss_per_run = reset_peak_rss()

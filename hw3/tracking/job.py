@@ -405,6 +405,7 @@ def _claim_run(
         "dataset_digest": files.digest,
         "overrides": redact(" ".join(overrides)),
         "torch_version": torch.__version__,
+        "torch_threads": str(torch.get_num_threads()),  # CPU results differ in the last bits by it
         **git_state(),
         **holder_tags(),
         "heartbeat": str(now_ms()),

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import L_HAT, PROJECT_DATA, real_data_location, synthetic_data
+from helpers import (
+    BASE_METRICS,
+    L_HAT,
+    PROJECT_DATA,
+    SMOOTHNESS_METRICS,
+    real_data_location,
+    synthetic_data,
+)
 
 import hw3.engine.train
 from hw3.engine.data import (
@@ -27,25 +34,6 @@ from hw3.engine.models import MODELS, build_model
 from hw3.engine.smoothness import measure
 from hw3.engine.train import Diverged, Measurement, Metrics, derive_seed, train
 
-BASE_KEYS = {
-    "train/loss",
-    "train/loss_running",
-    "train/acc",
-    "test/loss",
-    "test/acc",
-    "time/train_pass_s",
-    "time/smoothness_s",
-    "time/eval_s",
-}
-SMOOTHNESS_KEYS = {
-    "smoothness/L",
-    "smoothness/lr_max",
-    "smoothness/u_norm",
-    "smoothness/grad_norm",
-    "smoothness/loss_range",
-    "smoothness/grad_pred",
-    "smoothness/beta",
-}
 FIT_KEYS = ("train/loss", "train/loss_running", "train/acc", "test/loss", "test/acc")
 
 
@@ -99,8 +87,8 @@ def test_same_seed_same_metrics(data: FashionMNIST):
 def test_history_keys(data: FashionMNIST):
     with_probe = run(data, epochs=1)
     without = run(data, epochs=1, measure=None)
-    assert set(with_probe[0]) == BASE_KEYS | SMOOTHNESS_KEYS
-    assert set(without[0]) == BASE_KEYS
+    assert set(with_probe[0]) == BASE_METRICS | SMOOTHNESS_METRICS
+    assert set(without[0]) == BASE_METRICS
     metrics = with_probe[0]
     assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
     assert metrics["smoothness/L"] > 0
@@ -209,7 +197,7 @@ LANDSCAPE = Measurement(
 def test_the_landscape_is_logged_when_asked_for(data: FashionMNIST):
     (metrics,) = run(data, epochs=1, measure=LANDSCAPE)
     spread = {"smoothness/L_std", "smoothness/L_min", "smoothness/L_max"}
-    assert set(metrics) == BASE_KEYS | SMOOTHNESS_KEYS | spread | {"smoothness/sharpness"}
+    assert set(metrics) == BASE_METRICS | SMOOTHNESS_METRICS | spread | {"smoothness/sharpness"}
     assert all(math.isfinite(v) for v in metrics.values())
     assert metrics["smoothness/L_min"] <= metrics["smoothness/L"] <= metrics["smoothness/L_max"]
     assert metrics["smoothness/sharpness"] > 0

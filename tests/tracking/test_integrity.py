@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -158,8 +159,16 @@ def test_a_run_killed_under_other_engine_code_is_not_resumed(tmp_path, slow_root
 def test_a_second_launch_skips_a_run_another_process_trains(tmp_path, slow_root):
     args = job_args(tmp_path, slow_root, "twice", f"trainer.epochs={EPOCHS}")
     with launched(args, tmp_path, name="first") as first:
-        run = wait_for("the first launch's run", lambda: runs_of(tmp_path, "twice"), first)[0]
-        second = run_cli("run.py", *args)
+        # Paused between passes (just after logging one, so not inside a store write), it stays
+        # alive and cannot finish while the second launch looks at its run, however slow that is.
+        logs = [tmp_path / "first.out", tmp_path / "first.err"]
+        wait_for("the first pass", lambda: any("pass 1/" in f.read_text() for f in logs), first)
+        os.killpg(first.pid, signal.SIGSTOP)
+        (run,) = runs_of(tmp_path, "twice")
+        try:
+            second = run_cli("run.py", *args)
+        finally:
+            os.killpg(first.pid, signal.SIGCONT)
         assert second.returncode == 0, second.stderr[-3000:]
         assert (
             f"skip plain-seed0: run {run.info.run_id} is being trained by pid {first.pid} on "

@@ -106,6 +106,7 @@ def test_a_sweep_logs_one_nested_run_per_job_with_what_defines_it(swept, compose
         assert tags["git_commit"] == git("rev-parse", "HEAD")
         assert tags["git_dirty"] == str(bool(git("status", "--porcelain"))).lower()
         assert (tags["device"], tags["torch_version"]) == ("cpu", torch.__version__)
+        assert int(tags["torch_threads"]) >= 1
         assert tags["host"] == socket.gethostname()
         assert tags["engine_version"] == engine_version()
         assert tags["dataset_digest"] == digest
