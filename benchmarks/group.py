@@ -20,11 +20,9 @@ import copy
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -34,13 +32,12 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))  # hw3 need not be installed
 
-from speed import BATCH_SIZE, CHUNK_SIZE, LR, open_inputs, run_hw3, settings, warm_up  # noqa: E402  (benchmarks/ is on sys.path)
+from speed import BATCH_SIZE, CHUNK_SIZE, LR, open_inputs, run_hw3, settings, timed, warm_up  # noqa: E402  (benchmarks/ is on sys.path)
 
 from hw3.engine.data import FashionMNIST  # noqa: E402
 from hw3.engine.device import (  # noqa: E402
     deterministic_kernels,
     ieee_fp32,
-    synchronize,
 )
 from hw3.engine.models import MODELS, build_model  # noqa: E402
 from hw3.engine.pooling import with_torch_pooling  # noqa: E402
@@ -49,16 +46,6 @@ from hw3.engine.train import Member, Metrics, Settings, derive_seed, train_group
 
 TIMES = ("time/train_pass_s", "time/smoothness_s", "time/eval_s")
 WARMUP_STEPS = 5  # untimed steps first: the CUDA graph step captures after 3 eager ones
-T = TypeVar("T")
-
-
-def timed(device: torch.device, run: Callable[[], T]) -> tuple[float, T]:
-    """Seconds `run()` takes (the device's queue drained) and what it returned."""
-    synchronize(device)
-    started = time.perf_counter()
-    histories = run()
-    synchronize(device)
-    return time.perf_counter() - started, histories
 
 
 def grouped(data: FashionMNIST, runs: list[Settings], device: str, key) -> list[list[Metrics]]:

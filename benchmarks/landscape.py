@@ -17,15 +17,13 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import torch
-from speed import BATCH_SIZE, CHUNK_SIZE, LR, PROJECT_ROOT, open_inputs, warm_up
+from speed import BATCH_SIZE, CHUNK_SIZE, LR, PROJECT_ROOT, open_inputs, timed, warm_up
 
-from hw3.engine.device import reuse_cpu_memory, synchronize
+from hw3.engine.device import reuse_cpu_memory
 from hw3.engine.evaluation import eval_mode, full_pass
 from hw3.engine.models import MODELS, build_model
 from hw3.engine.sharpness import top_hessian_eigenvalue
@@ -34,16 +32,6 @@ from hw3.engine.train import derive_seed
 
 PROFILE = (0.25, 0.5, 1.0, 2.0, 4.0)  # the step-size profile's multipliers c
 MEASUREMENTS = ((1, (1.0,)), (4, (1.0,)), (16, (1.0,)), (1, PROFILE), (4, PROFILE))  # (K, scales)
-T = TypeVar("T")
-
-
-def timed(device: torch.device, run: Callable[[], T]) -> tuple[T, float]:
-    """`run()`'s result and its wall-clock seconds, queued GPU work included."""
-    synchronize(device)
-    started = time.perf_counter()
-    result = run()
-    synchronize(device)
-    return result, time.perf_counter() - started
 
 
 def probe_batches(n: int, k: int, seed: int) -> list[torch.Tensor]:
@@ -118,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, object] = {}
     for r in range(args.rounds):
         for name in reversed(runs) if r % 2 else runs:
-            results[name], s = timed(device, runs[name])
+            s, results[name] = timed(device, runs[name])
             seconds[name].append(s)
             print(f"round {r + 1}/{args.rounds} {name}: {s:.2f} s", file=sys.stderr, flush=True)
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from itertools import chain
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,7 @@ BATCH_SIZE = 32  # conf/trainer/default.yaml
 CHUNK_SIZE = 10_000  # conf/trainer/default.yaml
 MEASUREMENT = Measurement(1, (1.0,), False, 4096, 20, 1e-3)  # conf/smoothness/default.yaml: L̂
 TIMES = ("train_pass_s", "smoothness_s", "eval_s")
+T = TypeVar("T")
 COMPARED = ("train/loss_running", "train/loss", "train/acc", "smoothness/L", "test/loss")
 
 
@@ -204,6 +206,15 @@ def open_inputs(
     except (DeviceError, DataError) as err:
         print(f"{prog}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def timed(device: torch.device, run: Callable[[], T]) -> tuple[float, T]:
+    """Seconds `run()` takes (the device's queue drained) and what it returned."""
+    synchronize(device)
+    started = time.perf_counter()
+    result = run()
+    synchronize(device)
+    return time.perf_counter() - started, result
 
 
 def settings(

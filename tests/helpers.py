@@ -14,7 +14,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -382,3 +382,23 @@ def assert_complete(where: Path | str, experiment: str) -> dict[str, Run]:
 def override(args: list[str], key: str, value: object) -> list[str]:
     """`args` with `key=value` in place of the override of `key`."""
     return [f"{key}={value}" if a.startswith(f"{key}=") else a for a in args]
+
+
+def stand_in_project(tmp: Path, files: Sequence[str]) -> Path:
+    """The project's `files` in tmp/project, with no data set-up to do, and a venv tmp/venv
+    whose pip does nothing and whose mlflow prints `mlflow` and its arguments instead of serving:
+    for testing the real scripts cheaply."""
+    root = tmp / "project"
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes((PROJECT_ROOT / name).read_bytes())
+    (root / "data" / "FashionMNIST" / "raw").mkdir(parents=True)
+    venv = tmp / "venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").write_text(
+        f'#!/bin/sh\n[ "$1 $2" = "-m pip" ] && exit 0\nexec {sys.executable} "$@"\n'
+    )
+    (venv / "mlflow").write_text('#!/bin/sh\necho "mlflow $@"\n')
+    for exe in (venv / "python", venv / "mlflow"):
+        exe.chmod(0o755)
+    return root

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import stand_in_project
 from logged_runs import log_run
 from mlflow.tracking import MlflowClient
 
 from hw3.analysis.ui import KIND_TAG, MODEL_TRAINING
-from hw3.tracking.schema import PROJECT_ROOT
 
 FILES = (
     "scripts/mlflow-ui",
@@ -27,22 +26,8 @@ FILES = (
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """The real script and what it runs, in a stand-in project with a venv whose pip does
-    nothing and whose mlflow prints its arguments instead of serving."""
-    root = tmp_path / "project"
-    for name in FILES:
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes((PROJECT_ROOT / name).read_bytes())
-    (root / "data" / "FashionMNIST" / "raw").mkdir(parents=True)  # no data set-up
-    venv = tmp_path / "venv" / "bin"
-    venv.mkdir(parents=True)
-    (venv / "python").write_text(
-        f'#!/bin/sh\n[ "$1 $2" = "-m pip" ] && exit 0\nexec {sys.executable} "$@"\n'
-    )
-    (venv / "mlflow").write_text('#!/bin/sh\necho "mlflow $@"\n')
-    for exe in (venv / "python", venv / "mlflow"):
-        exe.chmod(0o755)
-    return root
+    """The real script and what it runs, in a stand-in project (its mlflow prints its arguments)."""
+    return stand_in_project(tmp_path, FILES)
 
 
 def launch(project: Path, **env: str) -> list[str]:

@@ -28,6 +28,7 @@ from helpers import (
     launched,
     run_cli,
     runs_of,
+    stand_in_project,
     stop,
     wait_for,
     write_dataset,
@@ -308,21 +309,8 @@ def test_mlflow_telemetry_is_off_in_the_jobs(tmp_path):
 
 @pytest.mark.parametrize(("host", "bound"), [(None, "127.0.0.1"), ("0.0.0.0", "0.0.0.0")])
 def test_the_server_script_binds_to_loopback_unless_host_is_set(tmp_path, host, bound):
-    # The real scripts in a stand-in project, with a venv whose pip does nothing and whose
-    # mlflow prints its arguments.
-    project = tmp_path / "project"
-    (project / "scripts").mkdir(parents=True)
-    for name in ("scripts/mlflow-server", "scripts/setup", "pyproject.toml"):
-        (project / name).write_bytes((PROJECT_ROOT / name).read_bytes())
-    (project / "data" / "FashionMNIST" / "raw").mkdir(parents=True)  # no data set-up
-    venv = tmp_path / "venv" / "bin"
-    venv.mkdir(parents=True)
-    (venv / "python").write_text(
-        f'#!/bin/sh\n[ "$1 $2" = "-m pip" ] && exit 0\nexec {sys.executable} "$@"\n'
-    )
-    (venv / "mlflow").write_text('#!/bin/sh\necho "$@"\n')
-    for exe in (venv / "python", venv / "mlflow"):
-        exe.chmod(0o755)
+    files = ("scripts/mlflow-server", "scripts/setup", "pyproject.toml")
+    project, venv = stand_in_project(tmp_path, files), tmp_path / "venv" / "bin"
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "HW3_VENV": str(venv.parent)}
     if host is not None:
         env["HOST"] = host
@@ -335,7 +323,7 @@ def test_the_server_script_binds_to_loopback_unless_host_is_set(tmp_path, host, 
     )
     assert result.returncode == 0, result.stderr
     args = result.stdout.split()
-    assert args[0] == "server"
+    assert args[:2] == ["mlflow", "server"]
     assert args[args.index("--host") + 1] == bound and args[args.index("--port") + 1] == "5000"
     store = f"sqlite:///{project}/mlruns/mlflow.db"
     assert args[args.index("--backend-store-uri") + 1] == store
