@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
-from hw3.tracking.job import job_name, open_job, train_jobs
+from hw3.tracking.job import JobSpec, job_name, open_job, train_jobs
 from hw3.tracking.schema import Config, flatten, resolve_path
 from hw3.tracking.store import fingerprint
 
@@ -25,15 +23,6 @@ log = logging.getLogger("hw3")
 # measurement (so that the members' passes take the same time).
 SHARED_KEYS = ("trainer.device", "trainer.deterministic", "trainer.batch_size", "model.name")
 SHARED_GROUPS = ("data.", "smoothness.")
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """One job of a sweep as run.py gets it: its typed config, overrides and Hydra folder."""
-
-    cfg: Config
-    overrides: list[str]
-    hydra_dir: Path | None
 
 
 def group_key(cfg: Config) -> str:

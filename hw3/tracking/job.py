@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
+from omegaconf import DictConfig, OmegaConf
 
 from hw3.engine.data import (
     OFFICIAL_MD5,
@@ -62,6 +64,25 @@ log = logging.getLogger("hw3")
 NOT_LOGGED = ("tracking.uri", "force")  # the URI may carry credentials; force is per launch
 PROGRESS = ("train/loss", "test/acc", "smoothness/L", "time/train_pass_s")
 FAILURE_TAGS = ("error", "diverged", "diverged_pass")  # cleared when a run resumes
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job as Hydra hands it to run.py: its typed config, overrides and Hydra folder."""
+
+    cfg: Config
+    overrides: list[str]
+    hydra_dir: Path | None
+
+    @classmethod
+    def from_hydra(cls, cfg: DictConfig) -> JobSpec:
+        """The job Hydra is running now, with `cfg` its composed config."""
+        hydra_cfg = HydraConfig.get()
+        return cls(
+            cfg=OmegaConf.to_object(cfg),
+            overrides=list(hydra_cfg.overrides.task),
+            hydra_dir=Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir,
+        )
 
 
 class RunFailed(RuntimeError):
@@ -160,12 +181,17 @@ def _dataset_name(cfg: Config) -> str:
     return " ".join(["FashionMNIST", *(f"{s}[:{n}]" for s, n in sizes.items() if n is not None)])
 
 
+def _store_reason(err: MlflowException) -> str:
+    """What MLflow said when the store stopped answering, in one short line."""
+    return str(err.message).splitlines()[0][:300]
+
+
 def store_failure(name: str, store: Store, err: MlflowException) -> RunFailed:
     """The one-line failure of a job whose tracking store stopped answering (past MLflow's
     retries): the run could not be told, so it is left for the relaunch to resume."""
-    why = str(err.message).splitlines()[0][:300]
     return RunFailed(
-        f"{name} stopped: the tracking store {redact(store.uri)} did not answer ({why}); "
+        f"{name} stopped: the tracking store {redact(store.uri)} did not answer "
+        f"({_store_reason(err)}); "
         "relaunch the same command once it does: the run resumes from its last pass"
     )
 
@@ -283,7 +309,7 @@ class Job:
             )
             self.store.client.set_terminated(self.run_id, status)
         except MlflowException as store_err:
-            why = str(store_err.message).splitlines()[0][:300]
+            why = _store_reason(store_err)
             log.warning("%s: run %s not marked %s (%s)", self.name, self.run_id, status, why)
 
     def close(self) -> None:

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import (
     JobReturn,
     JobStatus,
@@ -24,12 +23,12 @@ from hydra.core.utils import (
 )
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from hw3.tracking.cli import JobFailed, exit_with
 
 if TYPE_CHECKING:
-    from hw3.tracking.group import JobSpec
+    from hw3.tracking.job import JobSpec
 
 log = logging.getLogger("hw3")
 
@@ -108,11 +107,6 @@ class BatchedLauncher(Launcher):
 
 def _collect(cfg: DictConfig) -> JobSpec:
     """The task function of the set-up pass: what run.py's main would train, as a JobSpec."""
-    from hw3.tracking.group import JobSpec
+    from hw3.tracking.job import JobSpec
 
-    hydra_cfg = HydraConfig.get()
-    return JobSpec(
-        cfg=OmegaConf.to_object(cfg),
-        overrides=list(hydra_cfg.overrides.task),
-        hydra_dir=Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir,
-    )
+    return JobSpec.from_hydra(cfg)
