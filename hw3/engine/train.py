@@ -95,6 +95,25 @@ def derive_seed(seed: int, stream: str) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint file exists but cannot be read back (truncated, corrupt, not hw3's)."""
+
+
+CHECKPOINT_KEYS = ("model", "optimizer", "rng", "history")
+
+
+def read_checkpoint(path: Path) -> dict:
+    """The state saved at `path` after a run's last pass; CheckpointError if it is unreadable."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds: RuntimeError, EOFError, UnpicklingError
+        why = f"truncated or corrupt: {type(err).__name__}"
+        raise CheckpointError(f"checkpoint {path} is unreadable ({why})") from err
+    if not isinstance(state, dict) or not all(k in state for k in CHECKPOINT_KEYS):
+        raise CheckpointError(f"checkpoint {path} is unreadable (not a checkpoint of hw3's)")
+    return state
+
+
 def _save_checkpoint(path: Path, state: dict) -> None:
     """Write atomically, so that a kill leaves the previous checkpoint or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +144,7 @@ class Run:
         self.history: list[Metrics] = []
         path = member.checkpoint
         if path is not None and path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = read_checkpoint(path)
             self.net.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             for name, generator in self.streams.items():
