@@ -23,11 +23,11 @@ from torch import nn
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))  # hw3 need not be installed
 
-from speed import BATCH_SIZE, CHUNK_SIZE, LR, load_data, run_hw3  # noqa: E402  (benchmarks/ is on sys.path)
+from speed import BATCH_SIZE, CHUNK_SIZE, LR, MODELS, load_data, run_hw3  # noqa: E402  (benchmarks/ is on sys.path)
 
 from hw3.engine.data import FashionMNIST, Split  # noqa: E402
 from hw3.engine.device import DeviceError, resolve_device  # noqa: E402
-from hw3.engine.models import MODELS, build_model  # noqa: E402
+from hw3.engine.models import build_model  # noqa: E402
 from hw3.engine.smoothness import effective_smoothness  # noqa: E402
 from hw3.engine.train import Metrics, derive_seed  # noqa: E402
 

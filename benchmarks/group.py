@@ -32,16 +32,16 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))  # hw3 need not be installed
 
-from speed import BATCH_SIZE, CHUNK_SIZE, LR, open_inputs, run_hw3, settings, timed, warm_up  # noqa: E402  (benchmarks/ is on sys.path)
+from speed import BATCH_SIZE, CHUNK_SIZE, LR, MODELS, open_inputs, run_hw3, settings, timed, warm_up  # noqa: E402  (benchmarks/ is on sys.path)
 
 from hw3.engine.data import FashionMNIST  # noqa: E402
 from hw3.engine.device import (  # noqa: E402
     deterministic_kernels,
     ieee_fp32,
 )
-from hw3.engine.models import MODELS, build_model  # noqa: E402
+from hw3.engine.models import build_model  # noqa: E402
 from hw3.engine.pooling import with_torch_pooling  # noqa: E402
-from hw3.engine.step import TrainStep  # noqa: E402
+from hw3.engine.step import TrainStep, own_streams  # noqa: E402
 from hw3.engine.train import Member, Metrics, Settings, derive_seed, train_group  # noqa: E402
 
 TIMES = ("time/train_pass_s", "time/smoothness_s", "time/eval_s")
@@ -132,19 +132,18 @@ def nets(n: int, device: torch.device) -> list[nn.Module]:
 
 
 class Interleaved:
-    """N engine steps (TrainStep, a CUDA graph each on cuda), one after another on the current
-    stream or, with `streams`, each on its own CUDA stream as train_group interleaves them (the
-    streams wait for the work queued so far once, as at the start of a pass)."""
+    """N engine steps (TrainStep, a CUDA graph each on cuda), each on its own CUDA stream as
+    train_group interleaves them or, given one stream, one after another on it (the streams
+    wait for the work queued so far once, as at the start of a pass)."""
 
-    def __init__(self, models: list[nn.Module], x, y, streams: bool) -> None:
+    def __init__(self, models: list[nn.Module], x, y, streams: list) -> None:
+        self.streams = streams if len(streams) == len(models) else streams[:1] * len(models)
         self.steps = [
-            TrainStep(m, torch.optim.SGD(m.parameters(), lr=LR), x, y, BATCH_SIZE, graphs=True)
-            for m in models
+            TrainStep(m, torch.optim.SGD(m.parameters(), lr=LR), x, y, BATCH_SIZE, True, stream)
+            for m, stream in zip(models, self.streams, strict=True)
         ]
-        self.streams = [torch.cuda.Stream(x.device) if streams else None for _ in models]
-        for stream in self.streams:
-            if stream is not None:
-                stream.wait_stream(torch.cuda.current_stream(x.device))
+        for stream in set(self.streams) - {None}:
+            stream.wait_stream(torch.cuda.current_stream(x.device))
 
     def __call__(self, idx: torch.Tensor) -> None:
         """One SGD step of every net; idx (N, B): each net's own minibatch."""
@@ -209,20 +208,14 @@ class Vmapped:
         return [[v[i] for v in self.params.values()] for i in range(len(self.loss_sum))]
 
 
-def step_figure(data: FashionMNIST, n: int, args: argparse.Namespace, device: torch.device) -> dict:
-    """Member steps per second of each option for N nets, and how far each one's weights end up
-    from stepping the nets one after another (0: the same bits)."""
-    x, y = data.train.x.to(device), data.train.y.to(device)
-    g = torch.Generator().manual_seed(0)
-    total = WARMUP_STEPS + args.steps
-    indices = torch.randint(len(y), (total, n, BATCH_SIZE), generator=g).to(device)
-    options: dict[str, Callable[[], Interleaved | Vmapped]] = {
-        "sequential": lambda: Interleaved(nets(n, device), x, y, streams=False),
-        "vmap": lambda: Vmapped(nets(n, device), x, y, graph=False),
-    }
-    if device.type == "cuda":
-        options["streams"] = lambda: Interleaved(nets(n, device), x, y, streams=True)
-        options["vmap_graph"] = lambda: Vmapped(nets(n, device), x, y, graph=True)
+def _step_rates(
+    options: dict[str, Callable[[], Interleaved | Vmapped]],
+    indices: torch.Tensor,
+    n: int,
+    steps: int,
+    device: torch.device,
+) -> tuple[dict[str, float | str], dict[str, list[list[torch.Tensor]]]]:
+    """Each option's member steps per second, and the weights it ends with."""
     rates: dict[str, float | str] = {}
     weights = {}
     for name, build in options.items():
@@ -234,8 +227,27 @@ def step_figure(data: FashionMNIST, n: int, args: argparse.Namespace, device: to
         except RuntimeError as err:  # one option failing on a device must not cost the others
             rates[name] = f"failed: {str(err).splitlines()[0]}"
             continue
-        rates[name] = round(n * args.steps / seconds, 1)
+        rates[name] = round(n * steps / seconds, 1)
         weights[name] = [[p.detach().clone() for p in ps] for ps in stepper.weights()]
+    return rates, weights
+
+
+def step_figure(data: FashionMNIST, n: int, args: argparse.Namespace, device: torch.device) -> dict:
+    """Member steps per second of each option for N nets, and how far each one's weights end up
+    from stepping the nets one after another (0: the same bits)."""
+    x, y = data.train.x.to(device), data.train.y.to(device)
+    g = torch.Generator().manual_seed(0)
+    total = WARMUP_STEPS + args.steps
+    indices = torch.randint(len(y), (total, n, BATCH_SIZE), generator=g).to(device)
+    with own_streams(n, device) as streams:
+        options: dict[str, Callable[[], Interleaved | Vmapped]] = {
+            "sequential": lambda: Interleaved(nets(n, device), x, y, streams[:1]),
+            "vmap": lambda: Vmapped(nets(n, device), x, y, graph=False),
+        }
+        if device.type == "cuda":
+            options["streams"] = lambda: Interleaved(nets(n, device), x, y, streams)
+            options["vmap_graph"] = lambda: Vmapped(nets(n, device), x, y, graph=True)
+        rates, weights = _step_rates(options, indices, n, args.steps, device)
     diff = {
         name: max(
             float((a - b).abs().max())

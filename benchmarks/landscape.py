@@ -21,11 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from speed import BATCH_SIZE, CHUNK_SIZE, LR, PROJECT_ROOT, open_inputs, timed, warm_up
+from speed import BATCH_SIZE, CHUNK_SIZE, LR, MODELS, PROJECT_ROOT, open_inputs, timed, warm_up
 
 from hw3.engine.device import reuse_cpu_memory
 from hw3.engine.evaluation import eval_mode, full_pass
-from hw3.engine.models import MODELS, build_model
+from hw3.engine.models import build_model
 from hw3.engine.sharpness import top_hessian_eigenvalue
 from hw3.engine.smoothness import measure
 from hw3.engine.train import derive_seed

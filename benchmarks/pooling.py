@@ -19,11 +19,11 @@ from operator import truediv
 from pathlib import Path
 
 import torch
-from speed import BATCH_SIZE, CHUNK_SIZE, LR, PROJECT_ROOT, load_data
+from speed import BATCH_SIZE, CHUNK_SIZE, LR, MODELS, PROJECT_ROOT, load_data
 
 from hw3.engine.device import reuse_cpu_memory
 from hw3.engine.evaluation import full_pass
-from hw3.engine.models import MODELS, build_model
+from hw3.engine.models import build_model
 from hw3.engine.pooling import with_torch_pooling
 from hw3.engine.step import TrainStep
 
@@ -46,7 +46,7 @@ def main() -> None:
     nets = {"hw3": build_model(args.model)}
     nets["torch"] = with_torch_pooling(nets["hw3"])
     steps = {
-        k: TrainStep(net, torch.optim.SGD(net.parameters(), lr=LR), x, y, BATCH_SIZE, False)
+        k: TrainStep(net, torch.optim.SGD(net.parameters(), lr=LR), x, y, BATCH_SIZE, False, None)
         for k, net in nets.items()
     }
     order = torch.randperm(len(y))[: args.steps * BATCH_SIZE]

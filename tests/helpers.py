@@ -18,14 +18,16 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import torch
+import yaml
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from hw3.engine.data import SYSTEM_DIR, FashionMNIST, Split, raw_dir
+from hw3.engine.data import FashionMNIST, Split
+from hw3.engine.files import SYSTEM_DIR, raw_dir
 from hw3.engine.train import Measurement
 from hw3.tracking.schema import PROJECT_ROOT
 
@@ -74,6 +76,12 @@ T = TypeVar("T")
 
 
 # --- tiny datasets ------------------------------------------------------------------------------
+
+
+def model_params(name: str) -> dict[str, Any]:
+    """The parameters conf/model/NAME.yaml gives variant `name` (none for plain, bn, stride)."""
+    config = yaml.safe_load((PROJECT_ROOT / "conf" / "model" / f"{name}.yaml").read_text())
+    return {k: v for k, v in config.items() if k not in ("defaults", "name")}
 
 
 def idx_bytes(array: torch.Tensor) -> bytes:

@@ -13,9 +13,10 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -29,24 +30,25 @@ from hw3.engine.device import (
     synchronize,
 )
 from hw3.engine.evaluation import eval_mode, full_pass
-from hw3.engine.models import build_model
+from hw3.engine.models import build_model, draw_noise_from, noise_drawn_from
 from hw3.engine.sharpness import top_hessian_eigenvalue
 from hw3.engine.smoothness import measure
-from hw3.engine.step import TrainStep
+from hw3.engine.step import TrainStep, own_streams
 
 Metrics = dict[str, float]
 PassCallback = Callable[[int, Metrics], None]
 # A run's independent random streams, each seeded from the run's seed and its name: direction 1
-# of the landscape probe draws from "smoothness" alone, so it is the same for any K.
-STREAMS = ("shuffle", "smoothness", "smoothness-extra", "sharpness")
+# of the landscape probe draws from "smoothness" alone, so it is the same for any K; a noisy
+# network's training draws its noise from "noise", its measurement from "smoothness-noise".
+STREAMS = ("shuffle", "smoothness", "smoothness-extra", "sharpness", "noise", "smoothness-noise")
 
 
 class Diverged(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss, or the weights a step left, became NaN or infinite."""
 
-    def __init__(self, epoch: int, step: int, lr: float) -> None:
+    def __init__(self, epoch: int, step: int, lr: float, what: str = "loss") -> None:
         super().__init__(
-            f"training diverged: non-finite loss at pass {epoch}, step {step} (lr={lr}); "
+            f"training diverged: non-finite {what} at pass {epoch}, step {step} (lr={lr}); "
             "lower optimizer.lr"
         )
         self.epoch, self.step = epoch, step
@@ -78,6 +80,7 @@ class Settings:
     measure: Measurement | None  # None: no landscape measurement, f(w) by an evaluation pass
     chunk_size: int  # examples per chunk of a full pass
     cuda_graphs: bool
+    model_params: dict[str, Any] = field(default_factory=dict)  # the variant's (conf/model)
 
 
 @dataclass(frozen=True)
@@ -131,16 +134,24 @@ class Run:
     A run with a checkpoint file resumes after the last pass saved there.
     """
 
-    def __init__(self, member: Member, train_split: Split, test_split: Split) -> None:
+    def __init__(
+        self,
+        member: Member,
+        train_split: Split,
+        test_split: Split,
+        stream: torch.cuda.Stream | None,
+    ) -> None:
         s = self.settings = member.settings
         self.member, (self.x, self.y), self.test_split = member, train_split, test_split
+        self.stream = stream  # the run's own CUDA stream (None on CPU)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(s.seed, "init"))
-            self.net = build_model(s.model).to(self.x.device)
+            self.net = build_model(s.model, **s.model_params).to(self.x.device)
         self.optimizer = torch.optim.SGD(
             self.net.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay
         )
         self.streams = {n: torch.Generator().manual_seed(derive_seed(s.seed, n)) for n in STREAMS}
+        draw_noise_from(self.net, self.streams["noise"])
         self.history: list[Metrics] = []
         path = member.checkpoint
         if path is not None and path.is_file():
@@ -151,10 +162,8 @@ class Run:
                 generator.set_state(state["rng"][name])
             self.history = state["history"]
         self.step = TrainStep(
-            self.net, self.optimizer, self.x, self.y, s.batch_size, graphs=s.cuda_graphs
+            self.net, self.optimizer, self.x, self.y, s.batch_size, s.cuda_graphs, stream
         )
-        cuda = self.x.device.type == "cuda"
-        self.stream = torch.cuda.Stream(self.x.device) if cuda else None
         self.net.train()
 
     @property
@@ -191,6 +200,10 @@ class Run:
         epoch = len(self.history) + 1
         if (bad := int(self.step.first_bad)) >= 0:
             raise Diverged(epoch, bad + 1, self.settings.lr)
+        state = [t for t in self.net.state_dict().values() if t.is_floating_point()]
+        if not bool(torch.stack([t.isfinite().all() for t in state]).all()):
+            # the pass's last step: its loss was finite, the update it made was not
+            raise Diverged(epoch, int(self.step.steps), self.settings.lr, "weights")
         metrics = {"train/loss_running": self.step.loss_sum.item() / int(self.step.steps)}
 
         # The landscape at the pass's final weights; it also yields f(w).
@@ -237,7 +250,9 @@ class Run:
             for g in [self.streams["smoothness"], *extra]
         ]
         lr, chunk_size = self.settings.lr, self.settings.chunk_size
-        metrics = measure(self.net, self.x, self.y, batches, lr, m.scales, chunk_size).metrics()
+        with noise_drawn_from(self.net, self.streams["smoothness-noise"]):
+            found = measure(self.net, self.x, self.y, batches, lr, m.scales, chunk_size)
+        metrics = found.metrics()
         if m.sharpness:
             metrics["smoothness/sharpness"], _ = top_hessian_eigenvalue(
                 self.net,
@@ -263,34 +278,39 @@ def _finish(runs: Sequence[Run], train_pass_s: float) -> dict[Run, Diverged]:
     return diverged
 
 
+@contextmanager
+def _on_own_streams(runs: Sequence[Run]) -> Iterator[None]:
+    """Steps of `runs` in the block may go to their own streams (CUDA): those wait for the work
+    queued so far (the data, the weights), and the block ends once everything has run."""
+    device = runs[0].x.device
+    if device.type == "cuda":
+        current = torch.cuda.current_stream(device)
+        for run in runs:
+            run.stream.wait_stream(current)
+    yield
+    synchronize(device)
+
+
 def _pass_alone(run: Run) -> dict[Run, Diverged]:
-    """One pass of one run, timed on its own."""
+    """One pass of one run, on its own stream on CUDA, timed on its own."""
     started = time.perf_counter()
     desc = f"pass {len(run.history) + 1}/{run.settings.epochs}"
-    for _ in tqdm(run.steps(), total=run.steps_per_pass, desc=desc, disable=None):
-        pass
-    synchronize(run.x.device)
+    with _on_own_streams([run]), run.on_stream():
+        for _ in tqdm(run.steps(), total=run.steps_per_pass, desc=desc, disable=None):
+            pass
     return _finish([run], time.perf_counter() - started)
 
 
 def _passes_side_by_side(runs: Sequence[Run]) -> dict[Run, Diverged]:
     """One pass of each run on CUDA, their SGD steps interleaved on their own streams; each is
     timed at the group's wall time over the number of runs (the GPU ran them side by side)."""
-    device = runs[0].x.device
-    current = torch.cuda.current_stream(device)
     started = time.perf_counter()
-    passes = []
-    for run in runs:
-        run.stream.wait_stream(current)  # the data and the weights are ready
-        with run.on_stream():
-            passes.append(run.steps())
-    for _ in range(runs[0].steps_per_pass):
-        for run, steps in zip(runs, passes, strict=True):
-            with run.on_stream():
-                next(steps)
-    for run in runs:
-        current.wait_stream(run.stream)
-    synchronize(device)
+    with _on_own_streams(runs):
+        passes = [run.steps() for run in runs]
+        for _ in range(runs[0].steps_per_pass):
+            for run, steps in zip(runs, passes, strict=True):
+                with run.on_stream():
+                    next(steps)
     return _finish(runs, (time.perf_counter() - started) / len(runs))
 
 
@@ -313,17 +333,18 @@ def train_group(
         reuse_cpu_memory()
     train_split = (data.train.x.to(dev), data.train.y.to(dev))
     test_split = (data.test.x.to(dev), data.test.y.to(dev))
-    runs = [Run(m, train_split, test_split) for m in members]
-    for run in runs:
-        run.replay()
     stopped: dict[Run, Diverged] = {}
-    with ieee_fp32(), deterministic_kernels(deterministic):
-        while active := [r for r in runs if not r.done and r not in stopped]:
-            if dev.type == "cuda" and len(active) > 1:
-                stopped |= _passes_side_by_side(active)
-            else:
-                for run in active:
-                    stopped |= _pass_alone(run)
+    with own_streams(len(members), dev) as streams:
+        runs = [Run(m, train_split, test_split, s) for m, s in zip(members, streams, strict=True)]
+        for run in runs:
+            run.replay()
+        with ieee_fp32(), deterministic_kernels(deterministic):
+            while active := [r for r in runs if not r.done and r not in stopped]:
+                if dev.type == "cuda" and len(active) > 1:
+                    stopped |= _passes_side_by_side(active)
+                else:
+                    for run in active:
+                        stopped |= _pass_alone(run)
     return [stopped.get(run, run.history) for run in runs]
 
 
@@ -342,15 +363,17 @@ def train(
     chunk_size: int,
     cuda_graphs: bool,
     deterministic: bool,
+    model_params: dict[str, Any] | None = None,
     on_pass_end: PassCallback | None = None,
     checkpoint: str | os.PathLike | None = None,
 ) -> list[Metrics]:
-    """Train one run of `model` on `data` and return one metrics dict per pass.
+    """Train one run of `model` (with its variant's `model_params`) on `data` and return one
+    metrics dict per pass.
 
     After every pass the metrics go to `on_pass_end(pass, metrics)`. With `checkpoint`, the
     run's state is saved there after every pass, and a run that finds one resumes after its
     last pass, first replaying the finished passes' metrics to `on_pass_end`. A non-finite
-    training loss raises Diverged.
+    training loss, or non-finite weights after a pass, raises Diverged.
     """
     settings = Settings(
         model=model,
@@ -363,6 +386,7 @@ def train(
         measure=measure,
         chunk_size=chunk_size,
         cuda_graphs=cuda_graphs,
+        model_params=model_params or {},
     )
     member = Member(settings, on_pass_end, None if checkpoint is None else Path(checkpoint))
     (outcome,) = train_group(data, [member], device=device, deterministic=deterministic)

@@ -19,10 +19,10 @@ from hw3.tracking.store import fingerprint
 log = logging.getLogger("hw3")
 
 # What members must share besides the data (all of data.*): one device and one set of kernel
-# settings for the group, steps of one size side by side, the same architecture and landscape
-# measurement (so that the members' passes take the same time).
-SHARED_KEYS = ("trainer.device", "trainer.deterministic", "trainer.batch_size", "model.name")
-SHARED_GROUPS = ("data.", "smoothness.")
+# settings for the group, steps of one size side by side, the same network (variant and its
+# parameters) and landscape measurement (so that the members' passes take the same time).
+SHARED_KEYS = ("trainer.device", "trainer.deterministic", "trainer.batch_size")
+SHARED_GROUPS = ("model.", "data.", "smoothness.")
 
 
 def group_key(cfg: Config) -> str:

@@ -154,6 +154,7 @@ def engine_settings(cfg: Config) -> Settings:
         measure=measurement(cfg),
         chunk_size=cfg.trainer.chunk_size,
         cuda_graphs=cfg.trainer.cuda_graphs,
+        model_params={k: v for k, v in flatten(cfg.model).items() if k != "name"},
     )
 
 

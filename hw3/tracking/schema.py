@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from hw3.engine.device import DEVICES
-from hw3.engine.models import MODELS
+from hw3.engine.choices import DEVICES, MODELS, VARIANTS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Keys that say where things live or how a launch behaves, and keys that change only how fast
@@ -33,6 +32,19 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     name: str = MISSING
+
+
+# One schema per model variant with parameters, its fields typed from hw3.engine.choices:
+# conf/model/NAME.yaml extends /schema/model/NAME.
+MODEL_SCHEMAS = {
+    name: make_dataclass(
+        f"{name}ModelConfig",
+        [(key, param.type, field(default=MISSING)) for key, param in params.items()],
+        bases=(ModelConfig,),
+    )
+    for name, params in VARIANTS.items()
+    if params
+}
 
 
 @dataclass
@@ -125,6 +137,11 @@ _RANGES = [
     ("tracking.heartbeat_s", lambda v: v > 0, "> 0"),
     ("tracking.stale_after_s", lambda v: v > 0, "> 0"),
 ]
+_RANGES += [
+    (f"model.{key}", param.ok, param.must)
+    for params in VARIANTS.values()
+    for key, param in params.items()
+]
 
 
 def _get(cfg: Any, dotted: str) -> Any:
@@ -136,7 +153,10 @@ def _get(cfg: Any, dotted: str) -> Any:
 def validate(cfg: Config) -> Config:
     """Raise ConfigError naming the first out-of-range value and the fix; return `cfg`."""
     for key, ok, must in _RANGES:
-        value = _get(cfg, key)
+        try:
+            value = _get(cfg, key)
+        except AttributeError:
+            continue  # a parameter of another model variant
         if not ok(value):
             raise ConfigError(f"invalid {key}={value!r}: it must be {must} (set {key}=VALUE)")
     return cfg
@@ -160,5 +180,8 @@ def resolve_path(path: str) -> Path:
 
 def register() -> None:
     """Register the schema that conf/config.yaml extends and the `${hw3_root:}` resolver."""
-    ConfigStore.instance().store(name="schema", node=Config)
+    store = ConfigStore.instance()
+    store.store(name="schema", node=Config)
+    for name, schema in MODEL_SCHEMAS.items():
+        store.store(group="schema/model", name=name, node=schema)
     OmegaConf.register_new_resolver("hw3_root", lambda: str(PROJECT_ROOT), replace=True)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import gzip
+import os
+import time
 from pathlib import Path
 from urllib.error import URLError
 
 import pytest
 import torch
+import torchvision.datasets
 from helpers import NAMES, TinyRaw, make_raw, write_raw
 
-import hw3.engine.data
-from hw3.engine.data import DataError, load_fashion_mnist, locate, raw_dir, resolve, verify
+import hw3.engine.files
+from hw3.engine.data import load_fashion_mnist
+from hw3.engine.files import OFFICIAL_MD5, DataError, locate, parse_idx, raw_dir, resolve
 
 TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS = NAMES
 
@@ -104,12 +108,12 @@ def test_subsets_are_the_first_examples(tmp_path: Path, system_dir: Path, raw: T
 # --- verification -------------------------------------------------------------------------------
 
 
-def test_verify_accepts_valid_files(tmp_path: Path, raw: TinyRaw):
+def test_valid_files_parse_to_their_arrays(tmp_path: Path, raw: TinyRaw):
     paths = write_raw(raw_dir(tmp_path), raw)
-    for name, md5 in raw.md5s().items():
+    arrays = (raw.train_x, raw.train_y, raw.test_x, raw.test_y)
+    for (name, path), array in zip(paths.items(), arrays, strict=True):
         kind = "images" if "images" in name else "labels"
-        verify(paths[name], kind, md5, md5)
-        verify(paths[name], kind, md5, None)
+        assert torch.equal(torch.from_numpy(parse_idx(path, kind, path.read_bytes()).copy()), array)
 
 
 def _truncate_data(data: bytes) -> bytes:
@@ -185,7 +189,7 @@ def test_wrong_checksum_is_a_data_error(tmp_path: Path, system_dir: Path, raw: T
 def test_official_checksums_reject_other_files(tmp_path: Path, system_dir: Path, raw: TinyRaw):
     write_raw(raw_dir(tmp_path), raw)
     with pytest.raises(DataError, match="is not the official"):
-        load(tmp_path, system_dir, hw3.engine.data.OFFICIAL_MD5)
+        load(tmp_path, system_dir, OFFICIAL_MD5)
 
 
 def test_image_and_label_counts_must_match(tmp_path: Path, system_dir: Path, raw: TinyRaw):
@@ -300,7 +304,7 @@ def test_failed_download_is_reported_in_one_line(
         calls.append((root, train, download))
         raise URLError("<urlopen error [Errno -3] Temporary failure in name resolution>\nmore")
 
-    monkeypatch.setattr(hw3.engine.data, "TorchvisionFashionMNIST", offline)
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
     with pytest.raises(DataError) as excinfo:
         resolve(tmp_path, system_dir=system_dir, download=True)
     message = one_line_data_error(excinfo)
@@ -315,7 +319,7 @@ def test_download_fills_what_is_missing(
     def fake_download(root: str, train: bool, download: bool) -> None:
         write_raw(raw_dir(Path(root)), raw)
 
-    monkeypatch.setattr(hw3.engine.data, "TorchvisionFashionMNIST", fake_download)
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", fake_download)
     data = load_fashion_mnist(
         tmp_path, download=True, system_dir=system_dir, checksums=raw.md5s(),
         normalize=False, mean=None, std=None, train_size=None, test_size=None,
@@ -339,3 +343,29 @@ def test_the_digest_names_the_files_bytes(tmp_path: Path, system_dir: Path, raw:
     paths[TEST_LABELS].write_bytes(bytes(data))
     other = locate(tmp_path / "third", system_dir=None, download=False)
     assert other.digest != files.digest and len(other.digest) == len(files.digest) == 16
+
+
+def test_md5s_are_taken_again_only_for_files_that_changed(
+    tmp_path: Path, raw: TinyRaw, monkeypatch: pytest.MonkeyPatch
+):
+    paths = write_raw(raw_dir(tmp_path), raw)
+    taken = []
+    real_md5 = hw3.engine.files._md5
+    monkeypatch.setattr(hw3.engine.files, "_md5", lambda p: taken.append(p.name) or real_md5(p))
+
+    def taken_by_locate() -> list[str]:
+        taken.clear()
+        assert locate(tmp_path, system_dir=None, download=False).md5 == raw.md5s()
+        return sorted(taken)
+
+    assert taken_by_locate() == sorted(NAMES)
+    # Just written: a change within the file system's timestamp granularity would go unseen.
+    assert taken_by_locate() == sorted(NAMES)
+    settled = time.time() - 60
+    for path in paths.values():
+        os.utime(path, (settled, settled))
+    assert taken_by_locate() == sorted(NAMES)
+    assert taken_by_locate() == []  # unchanged and settled: nothing is read
+    paths[TEST_LABELS].write_bytes(paths[TEST_LABELS].read_bytes())
+    os.utime(paths[TEST_LABELS], (settled + 1, settled + 1))
+    assert taken_by_locate() == [TEST_LABELS]

@@ -13,7 +13,7 @@ from test_smoothness import assert_unchanged, snapshot, trained_model
 from torch import nn
 from torch.func import functional_call
 
-from hw3.engine.models import MODELS
+from hw3.engine.choices import MODELS
 from hw3.engine.pooling import MaxPool2d
 from hw3.engine.sharpness import top_hessian_eigenvalue
 

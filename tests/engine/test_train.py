@@ -15,21 +15,16 @@ from helpers import (
     L_HAT,
     PROJECT_DATA,
     SMOOTHNESS_METRICS,
+    model_params,
     real_data_location,
     synthetic_data,
 )
 
 import hw3.engine.train
-from hw3.engine.data import (
-    OFFICIAL_MD5,
-    SYSTEM_DIR,
-    FashionMNIST,
-    Split,
-    load_fashion_mnist,
-    raw_dir,
-)
+from hw3.engine.data import FashionMNIST, Split, load_fashion_mnist
 from hw3.engine.device import synchronize
 from hw3.engine.evaluation import full_pass
+from hw3.engine.files import OFFICIAL_MD5, SYSTEM_DIR, raw_dir
 from hw3.engine.models import MODELS, build_model
 from hw3.engine.smoothness import measure
 from hw3.engine.train import Diverged, Measurement, Metrics, derive_seed, train
@@ -66,7 +61,8 @@ def run(data: FashionMNIST, **overrides) -> list[Metrics]:
         "cuda_graphs": False,
         "deterministic": True,
     }
-    return train(data, **(options | overrides))
+    options |= overrides
+    return train(data, **options, model_params=model_params(options["model"]))
 
 
 def untimed(history: list[Metrics]) -> list[Metrics]:
@@ -145,6 +141,16 @@ def test_divergence_names_pass_and_step(data: FashionMNIST):
     assert "\n" not in message
 
 
+def test_divergence_in_a_pass_s_last_update_is_caught_at_that_pass(data: FashionMNIST):
+    # One step per pass: its loss is finite (the initial weights), the update it makes is not.
+    batch = len(data.train)
+    with pytest.raises(Diverged) as excinfo:
+        run(data, model="plain", lr=math.inf, momentum=0.0, batch_size=batch, measure=None)
+    err = excinfo.value
+    assert (err.epoch, err.step) == (1, 1)
+    assert str(err).startswith("training diverged: non-finite weights at pass 1, step 1")
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_measuring_does_not_change_training(data: FashionMNIST, model: str):
     measured = run(data, model=model, epochs=3, measure=L_HAT)
@@ -153,8 +159,9 @@ def test_measuring_does_not_change_training(data: FashionMNIST, model: str):
         assert {k: a[k] for k in FIT_KEYS} == {k: b[k] for k in FIT_KEYS}
 
 
-def test_resume_after_interruption(data: FashionMNIST, tmp_path: Path):
-    straight = run(data, epochs=3)
+@pytest.mark.parametrize("model", ["bn", "bn_noisy"])  # bn_noisy: its noise stream resumes too
+def test_resume_after_interruption(data: FashionMNIST, tmp_path: Path, model: str):
+    straight = run(data, model=model, epochs=3)
     checkpoint = tmp_path / "ckpt" / "run.pt"
     seen: list[tuple[int, Metrics]] = []
 
@@ -164,13 +171,17 @@ def test_resume_after_interruption(data: FashionMNIST, tmp_path: Path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        run(data, epochs=3, checkpoint=checkpoint, on_pass_end=interrupt_after_first)
+        run(data, model=model, epochs=3, checkpoint=checkpoint, on_pass_end=interrupt_after_first)
     assert checkpoint.is_file()
     assert [e for e, _ in seen] == [1]
 
     replayed: list[tuple[int, Metrics]] = []
     resumed = run(
-        data, epochs=3, checkpoint=checkpoint, on_pass_end=lambda e, m: replayed.append((e, m))
+        data,
+        model=model,
+        epochs=3,
+        checkpoint=checkpoint,
+        on_pass_end=lambda e, m: replayed.append((e, m)),
     )
     assert [e for e, _ in replayed] == [1, 2, 3]
     assert replayed[0][1] == seen[0][1]  # the finished pass is replayed as it was logged
@@ -179,7 +190,9 @@ def test_resume_after_interruption(data: FashionMNIST, tmp_path: Path):
 
     # A finished run only replays.
     again: list[int] = []
-    replay = run(data, epochs=3, checkpoint=checkpoint, on_pass_end=lambda e, m: again.append(e))
+    replay = run(
+        data, model=model, epochs=3, checkpoint=checkpoint, on_pass_end=lambda e, m: again.append(e)
+    )
     assert replay == resumed and again == [1, 2, 3]
 
 

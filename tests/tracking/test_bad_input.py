@@ -12,7 +12,7 @@ import pytest
 from helpers import error_lines, free_port, job_args, real_data_location, run_cli, store_uri
 from mlflow.tracking import MlflowClient
 
-from hw3.engine.data import OFFICIAL_MD5, raw_dir, resolve
+from hw3.engine.files import OFFICIAL_MD5, raw_dir, resolve
 from hw3.tracking.store import connect, experiment_id, log_values
 
 pytestmark = pytest.mark.slow  # a dozen CLI runs: about a minute on two cores

@@ -35,7 +35,7 @@ from helpers import (
 )
 from mlflow.tracking import MlflowClient
 
-from hw3.engine.data import raw_dir
+from hw3.engine.files import raw_dir
 from hw3.tracking.schema import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow  # real CLI runs, a few seconds each

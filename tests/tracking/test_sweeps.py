@@ -33,7 +33,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from hw3.engine.data import locate, raw_dir
+from hw3.engine.files import locate, raw_dir
 from hw3.engine.version import engine_version
 from hw3.tracking.job import config_fingerprint, run_fingerprint
 from hw3.tracking.schema import PLACE_KEYS, PROJECT_ROOT, flatten
