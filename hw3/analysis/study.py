@@ -15,7 +15,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from hw3.analysis.intervals import ErrorBar, bounds
-from hw3.engine.models import MODELS
+from hw3.engine.choices import MODELS
 from hw3.tracking.schema import PLACE_KEYS
 from hw3.tracking.store import Store
 

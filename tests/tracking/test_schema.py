@@ -100,7 +100,9 @@ def test_typo_and_unknown_group_name_the_problem(compose_config):
     with pytest.raises(ConfigCompositionException) as group:
         compose_config("model=resnet")
     line = one_line(group.value)
-    assert "\n" not in line and "Available options in 'model': bn, bn_noisy, gn, plain, stride" in line
+    assert (
+        "\n" not in line and "Available options in 'model': bn, bn_noisy, gn, plain, stride" in line
+    )
 
 
 # One override per key that must not change the fingerprint: where things live, how fast.
