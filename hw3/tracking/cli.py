@@ -107,6 +107,10 @@ def main_with_one_line_errors(main: Callable[[], None]) -> None:
         exit_with(f"a sweep job's process died ({why}) and the sweep stopped; {RELAUNCH}")
     except UncompletedJobError as err:  # hydra/launcher=slurm: sbatch refused, or a job died
         exit_with(slurm_failure(err))
+    except ValueError as err:  # Hydra's own check of its flags, e.g. `-m --cfg job`
+        if not str(err).startswith("Only one of --run"):
+            raise
+        exit_with(f"{err}: give one (--cfg job prints the composed config, -m launches a sweep)")
     except RuntimeError as err:  # submitit, where Slurm's commands are missing
         if not str(err).startswith('Could not detect "srun"'):
             raise

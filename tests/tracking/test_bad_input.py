@@ -36,7 +36,20 @@ CASES = {
     "typo": Case(("trainer.epoch=3",), ("Key 'epoch' not in 'TrainerConfig'", HINT)),
     "wrong_type": Case(("trainer.epochs=abc",), ("trainer.epochs=abc", "Integer", HINT)),
     "out_of_range": Case(("optimizer.lr=-1",), ("optimizer.lr=-1.0", "> 0", "optimizer.lr=")),
-    "unknown_model": Case(("model=resnet",), ("model/resnet", "bn, plain, stride", HINT)),
+    "unknown_model": Case(
+        ("model=resnet",), ("model/resnet", "bn, bn_noisy, gn, plain, stride", HINT)
+    ),
+    "negative_noise": Case(
+        ("model=bn_noisy", "model.noise_mean=-0.5"),
+        ("invalid model.noise_mean=-0.5", "it must be >= 0", "set model.noise_mean=VALUE"),
+    ),
+    "groups_not_dividing_the_channels": Case(
+        ("model=gn", "model.groups=3"),
+        ("invalid model.groups=3", "one of 1, 2, 4, 8, 16", "set model.groups=VALUE"),
+    ),
+    "two_modes": Case(
+        ("--cfg", "job"), ("Only one of --run, --multirun, --cfg", "give one"), sweep=True
+    ),
     "truncated_file": Case(
         (), ("train-images-idx3-ubyte", "truncated", "place the official files"), data="truncated"
     ),
