@@ -290,6 +290,6 @@ def test_relative_paths_resolve_from_the_project_root_and_the_environment_names_
     assert json.loads(dataset_input.dataset.source) == {"uri": raw_dir(tiny_root).as_uri()}
     # The run's claim on its configuration stays beside its (deleted) checkpoints.
     assert [p.name for p in (tmp_path / "ckpt").rglob("*.lock")] == [
-        f"{run.data.tags['fingerprint']}.lock"
+        f"{run.data.tags['config_fingerprint']}.lock"
     ]
     assert list(elsewhere.iterdir()) == []
