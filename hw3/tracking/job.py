@@ -281,16 +281,27 @@ class Job:
 
     def conclude(self, outcome: list[Metrics] | Diverged) -> RunFailed | None:
         """End the run by how its training ended: FINISHED (also a divergence with
-        trainer.on_divergence=stop), else FAILED, returning its one-line failure."""
-        if isinstance(outcome, Diverged):
+        trainer.on_divergence=stop), else FAILED, returning its one-line failure. Ending it is
+        this run's own affair: if that fails (its artifacts, the store), it alone fails."""
+        try:
+            if not isinstance(outcome, Diverged):
+                self.finish()
+                return None
             if self.cfg.trainer.on_divergence == "stop":
                 log.info("%s: %s; stopped (trainer.on_divergence=stop)", self.name, outcome)
                 self.finish(diverged=outcome)
                 return None
             self.fail(outcome)
             return RunFailed(f"{self.name} FAILED: {outcome}")
-        self.finish()
-        return None
+        except MlflowException as err:
+            self.fail(err)
+            return store_failure(self.name, self.store, err)
+        except Exception as err:  # its traceback goes to the run's error.txt
+            self.fail(err)
+            return RunFailed(
+                f"{self.name} FAILED as its run was ended ({str(err).splitlines()[0]}); its "
+                "passes are logged and its checkpoint kept: relaunch to end it"
+            )
 
     def run(self) -> None:
         """Train into the run, then end it FINISHED; or FAILED, raising its one-line RunFailed."""
@@ -338,9 +349,8 @@ class Job:
                 self.store.client.log_artifacts(self.run_id, str(Path(tmp) / ".hydra"), ".hydra")
             if not self.checkpoint.is_file():
                 return  # diverged in its first pass: no weights worth keeping
-            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)["model"]
             path = Path(tmp) / "state_dict.pt"
-            torch.save(state, path)
+            torch.save(read_checkpoint(self.checkpoint)["model"], path)
             self.store.client.log_artifact(self.run_id, str(path), "model")
 
 
