@@ -75,7 +75,10 @@ log = logging.getLogger("hw3")
 
 NOT_LOGGED = ("tracking.uri", "force")  # the URI may carry credentials; force is per launch
 PROGRESS = ("train/loss", "test/acc", "smoothness/L", "time/train_pass_s")
-FAILURE_TAGS = ("error", "diverged", "diverged_pass")  # cleared when a run resumes
+FAILURE_TAGS = ("error", "diverged", "diverged_pass")
+# Group tags describe the launch that trains the run: one that trains it in a group sets them.
+GROUP_TAGS = ("group_size", "group_pass_time")
+CLEARED_ON_RESUME = FAILURE_TAGS + GROUP_TAGS
 
 
 @dataclass(frozen=True)
@@ -552,7 +555,7 @@ def _carry_out(
     if action.discard_checkpoint:
         (folder / f"{old.run_id}.pt").unlink(missing_ok=True)
     (run,) = [r for r in runs if r.info.run_id == old.run_id]
-    for key in FAILURE_TAGS:
+    for key in CLEARED_ON_RESUME:
         if key in run.data.tags:
             store.client.delete_tag(old.run_id, key)
     log_values(store, old.run_id, tags=tags)  # this process holds it now; this sweep is its parent
