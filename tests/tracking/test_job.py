@@ -32,6 +32,21 @@ class StoreLost(ConnectionError):
     """The store went away in the middle of a call."""
 
 
+def lose_the_logging_of_pass(n: int, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Make the store go away, once, while a job logs its pass `n`: the pass's metrics (saved in
+    its checkpoint before) are put in the list returned."""
+    log_values, lost = hw3.tracking.job.log_values, []
+
+    def lose_pass(store, run_id, **values) -> None:
+        if values.get("step") == n and values.get("metrics") and not lost:
+            lost.append(values["metrics"])
+            raise StoreLost(f"the store went away while pass {n} was logged")
+        log_values(store, run_id, **values)
+
+    monkeypatch.setattr(hw3.tracking.job, "log_values", lose_pass)
+    return lost
+
+
 def test_a_pass_checkpointed_but_not_logged_is_logged_once_by_the_resumed_run(
     compose_config, tmp_path: Path, tiny_root: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -39,15 +54,7 @@ def test_a_pass_checkpointed_but_not_logged_is_logged_once_by_the_resumed_run(
         args = config_args(tmp_path, tiny_root, experiment, f"trainer.epochs={EPOCHS}")
         return OmegaConf.to_object(compose_config(*args, "data.train_size=128"))
 
-    log_values, lost = hw3.tracking.job.log_values, []
-
-    def lose_pass_2(store, run_id, **values) -> None:
-        if values.get("step") == 2 and values.get("metrics") and not lost:
-            lost.append(values["metrics"])
-            raise StoreLost("the store went away while pass 2 was logged")
-        log_values(store, run_id, **values)
-
-    monkeypatch.setattr(hw3.tracking.job, "log_values", lose_pass_2)
+    lost = lose_the_logging_of_pass(2, monkeypatch)
     with pytest.raises(StoreLost):
         run_job(config("crash"), overrides=[], hydra_dir=None)
     (crashed,) = runs_of(tmp_path, "crash")
@@ -87,15 +94,7 @@ def test_a_pass_checkpointed_on_other_data_is_never_continued(
         args = config_args(tmp_path, root, "other", "trainer.epochs=2", "data.train_size=128")
         return OmegaConf.to_object(compose_config(*args))
 
-    log_values, lost = hw3.tracking.job.log_values, []
-
-    def lose_pass_1(store, run_id, **values) -> None:
-        if values.get("step") == 1 and values.get("metrics") and not lost:
-            lost.append(values["metrics"])
-            raise StoreLost("the store went away while pass 1 was logged")
-        log_values(store, run_id, **values)
-
-    monkeypatch.setattr(hw3.tracking.job, "log_values", lose_pass_1)
+    lose_the_logging_of_pass(1, monkeypatch)
     with pytest.raises(StoreLost):
         run_job(config(tiny_root), overrides=[], hydra_dir=None)
     (crashed,) = runs_of(tmp_path, "other")
