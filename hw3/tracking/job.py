@@ -1,9 +1,10 @@
 """One job: a validated config → one training run → one MLflow run that resumes and never lies.
 
 A job's run is found by its fingerprint: what the config asks to compute, the engine's code
-version and the data's digest. FINISHED → skipped; trained by a live process → skipped;
-unfinished → resumed in place from its checkpoint; else a new run. While a job trains, it holds
-a claim on its configuration and its run carries a heartbeat (hw3.tracking.claim).
+version and the data's digest. The job looks at every run of its configuration and does what
+hw3.tracking.relaunch decides: skip, resume in place, restart openly, or start a new run. While
+a job trains, it holds a claim on its configuration and its run carries a heartbeat
+(hw3.tracking.claim).
 
 Opened jobs of one dataset and device can also train together in one process (`train_jobs`,
 hw3.tracking.group): each still goes through its own run's steps, as a job trained alone does.
@@ -16,7 +17,8 @@ import os
 import tempfile
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +38,19 @@ from hw3.engine.data import (
     read_fashion_mnist,
 )
 from hw3.engine.device import DeviceError, resolve_device
-from hw3.engine.train import Diverged, Measurement, Member, Metrics, Settings, train_group
+from hw3.engine.train import (
+    CheckpointError,
+    Diverged,
+    Measurement,
+    Member,
+    Metrics,
+    Settings,
+    read_checkpoint,
+    train_group,
+)
 from hw3.engine.version import engine_version
 from hw3.tracking.claim import Claim, Heartbeat, holder_tags, live_holder, now_ms
+from hw3.tracking.relaunch import REPLACED_TAGS, Action, Do, Found, decide
 from hw3.tracking.schema import PLACE_KEYS, Config, ConfigError, flatten, resolve_path, validate
 from hw3.tracking.store import (
     ENV_EXPERIMENT,
@@ -63,7 +75,10 @@ log = logging.getLogger("hw3")
 
 NOT_LOGGED = ("tracking.uri", "force")  # the URI may carry credentials; force is per launch
 PROGRESS = ("train/loss", "test/acc", "smoothness/L", "time/train_pass_s")
-FAILURE_TAGS = ("error", "diverged", "diverged_pass")  # cleared when a run resumes
+FAILURE_TAGS = ("error", "diverged", "diverged_pass")
+# Group tags describe the launch that trains the run: one that trains it in a group sets them.
+GROUP_TAGS = ("group_size", "group_pass_time")
+CLEARED_ON_RESUME = FAILURE_TAGS + GROUP_TAGS
 
 
 @dataclass(frozen=True)
@@ -270,16 +285,27 @@ class Job:
 
     def conclude(self, outcome: list[Metrics] | Diverged) -> RunFailed | None:
         """End the run by how its training ended: FINISHED (also a divergence with
-        trainer.on_divergence=stop), else FAILED, returning its one-line failure."""
-        if isinstance(outcome, Diverged):
+        trainer.on_divergence=stop), else FAILED, returning its one-line failure. Ending it is
+        this run's own affair: if that fails (its artifacts, the store), it alone fails."""
+        try:
+            if not isinstance(outcome, Diverged):
+                self.finish()
+                return None
             if self.cfg.trainer.on_divergence == "stop":
                 log.info("%s: %s; stopped (trainer.on_divergence=stop)", self.name, outcome)
                 self.finish(diverged=outcome)
                 return None
             self.fail(outcome)
             return RunFailed(f"{self.name} FAILED: {outcome}")
-        self.finish()
-        return None
+        except MlflowException as err:
+            self.fail(err)
+            return store_failure(self.name, self.store, err)
+        except Exception as err:  # its traceback goes to the run's error.txt
+            self.fail(err)
+            return RunFailed(
+                f"{self.name} FAILED as its run was ended ({str(err).splitlines()[0]}); its "
+                "passes are logged and its checkpoint kept: relaunch to end it"
+            )
 
     def run(self) -> None:
         """Train into the run, then end it FINISHED; or FAILED, raising its one-line RunFailed."""
@@ -327,9 +353,8 @@ class Job:
                 self.store.client.log_artifacts(self.run_id, str(Path(tmp) / ".hydra"), ".hydra")
             if not self.checkpoint.is_file():
                 return  # diverged in its first pass: no weights worth keeping
-            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)["model"]
             path = Path(tmp) / "state_dict.pt"
-            torch.save(state, path)
+            torch.save(read_checkpoint(self.checkpoint)["model"], path)
             self.store.client.log_artifact(self.run_id, str(path), "model")
 
 
@@ -379,7 +404,7 @@ def train_jobs(jobs: Sequence[Job]) -> list[RunFailed | None]:
 
 
 def open_job(cfg: Config, *, overrides: list[str], hydra_dir: Path | None) -> Job | None:
-    """Claim `cfg`'s run (new, or resumed in place); None if it is done or trained elsewhere."""
+    """Claim `cfg`'s run (new, resumed or restarted); None if it is done or trained elsewhere."""
     name = job_name(cfg)
     try:
         validate(cfg)
@@ -411,22 +436,52 @@ def _claim_run(
 ) -> Job | None:
     """`open_job` once the store, the experiment and the data files are known."""
     name = job_name(cfg)
-    fp = run_fingerprint(cfg, files.digest)
+    fp, config_fp = run_fingerprint(cfg, files.digest), config_fingerprint(cfg)
     folder = local_folder(resolve_path(cfg.trainer.checkpoint_dir), store, experiment)
-    claim = Claim.take(folder / f"{fp}.lock")
+    # One claim per configuration, not per run fingerprint: a job acts on every run of its
+    # configuration (a run resumed on repaired data takes the new fingerprint, runs of other
+    # engine code or data are superseded), so no other process may act on any of them meanwhile.
+    claim = Claim.take(folder / f"{config_fp}.lock")
     if isinstance(claim, str):
-        live = find_runs(store, experiment, kind="train", fingerprint=fp)
-        run_id = next((r.info.run_id for r in live if r.info.status == "RUNNING"), None)
+        runs = find_runs(store, experiment, kind="train", config_fingerprint=config_fp)
+        run_id = next((r.info.run_id for r in runs if r.info.status == "RUNNING"), None)
         log.info("skip %s: run %s is being trained by %s", name, run_id or "(new)", claim)
         if run_id is not None:
             _record_on_parent(store, sweep, fp, run_id, training=False)
         return None
+    with ExitStack() as unless_trained:  # the claim goes with the Job, else it is released
+        unless_trained.callback(claim.release)
+        runs = find_runs(store, experiment, kind="train", config_fingerprint=config_fp)
+        found = [_found(store, run, folder, cfg.tracking.stale_after_s) for run in runs]
+        action = decide(
+            found, engine_version=engine_version(), dataset_digest=files.digest, force=cfg.force
+        )
+        if not action.trains:
+            log.info("skip %s: %s", name, action.reason)
+            _record_on_parent(store, sweep, fp, action.run.run_id, training=False)
+            return None
+        tags = _run_tags(cfg, files, sweep, overrides)
+        run_id = _carry_out(action, store, experiment, runs, tags, folder)
+        job = Job(cfg, store, sweep, run_id, files, folder / f"{run_id}.pt", claim, hydra_dir)
+        try:
+            _record_on_parent(store, sweep, fp, run_id, training=True)
+        except BaseException as err:
+            job.fail(err)
+            raise
+        unless_trained.pop_all()
+        return job
+
+
+def _run_tags(
+    cfg: Config, files: DatasetFiles, sweep: Sweep, overrides: list[str]
+) -> dict[str, str]:
+    """The tags that the job's run gets, new or resumed: what it computes, by whom, where."""
     tags = {
-        "mlflow.runName": name,
+        "mlflow.runName": job_name(cfg),
         "kind": "train",
         "model": cfg.model.name,
         "seed": str(cfg.seed),
-        "fingerprint": fp,
+        "fingerprint": run_fingerprint(cfg, files.digest),
         "config_fingerprint": config_fingerprint(cfg),
         "engine_version": engine_version(),
         "dataset_digest": files.digest,
@@ -439,133 +494,80 @@ def _claim_run(
     }
     if sweep.parent_run_id is not None:
         tags |= {"mlflow.parentRunId": sweep.parent_run_id, "sweep_id": sweep.sweep_id}
-    try:
-        run_id, train_it = _open_run(store, experiment, cfg, tags, folder)
-    except BaseException:
-        claim.release()
-        raise
-    if run_id is not None:
-        _record_on_parent(store, sweep, fp, run_id, training=train_it)
-    if not train_it:
-        claim.release()
-        return None
-    return Job(cfg, store, sweep, run_id, files, folder / f"{run_id}.pt", claim, hydra_dir)
+    return tags
 
 
-def _open_run(
-    store: Store, experiment: str, cfg: Config, tags: dict[str, str], folder: Path
-) -> tuple[str | None, bool]:
-    """The run of this job, and whether to train into it (a new one, or an unfinished one to
-    resume) or not (FINISHED, or trained by another live process)."""
-    name, fp = tags["mlflow.runName"], tags["fingerprint"]
-    stale_after_s = cfg.tracking.stale_after_s
-    earlier = find_runs(store, experiment, kind="train", fingerprint=fp)
-    done = next((r for r in earlier if r.info.status == "FINISHED"), None)
-    if done is not None and not cfg.force:
-        log.info(
-            "skip %s: already FINISHED as run %s (force=true reruns it)", name, done.info.run_id
-        )
-        return done.info.run_id, False
-    for run in earlier:
-        if who := live_holder(run.data.tags, run.info.status, stale_after_s=stale_after_s):
-            log.info("skip %s: run %s is being trained by %s", name, run.info.run_id, who)
-            return run.info.run_id, False
-    resumable = next((r for r in earlier if r.info.status != "FINISHED"), None)
-    if resumable is None and not cfg.force:
-        resumable = _failed_on_other_data(store, experiment, tags, stale_after_s)
-    _supersede_older_versions(store, experiment, tags, stale_after_s, resumable)
-    if cfg.force or resumable is None:
-        return store.client.create_run(experiment, tags=tags, run_name=name).info.run_id, True
-    run_id = resumable.info.run_id
-    if logged_steps(store, run_id, "test/acc") and not (folder / f"{run_id}.pt").is_file():
-        return _restart(store, experiment, resumable, tags, folder / f"{run_id}.pt"), True
-    for key in FAILURE_TAGS:
-        if key in resumable.data.tags:
-            store.client.delete_tag(run_id, key)
-    log_values(store, run_id, tags=tags)  # this process holds it now; this sweep is its parent
-    store.client.update_run(run_id, status="RUNNING")
-    log.info("resume %s: run %s from its last checkpoint", name, run_id)
-    return run_id, True
+def _found(store: Store, run: Run, folder: Path, stale_after_s: float) -> Found:
+    """A run of the job's configuration as `decide` sees it: its passes and checkpoint are
+    looked at only when it could be continued."""
+    tags, status = run.data.tags, run.info.status
+    found = Found(
+        run.info.run_id,
+        status,
+        engine_version=tags.get("engine_version", "?"),
+        dataset_digest=tags.get("dataset_digest", "?"),
+        live=live_holder(tags, status, stale_after_s=stale_after_s),
+        replaced=any(key in tags for key in REPLACED_TAGS),
+    )
+    if not found.may_continue:
+        return found
+    checkpoint = folder / f"{run.info.run_id}.pt"
+    state, error = "readable", ""
+    if not checkpoint.is_file():
+        state = "absent"
+    else:
+        try:
+            read_checkpoint(checkpoint)
+        except CheckpointError as err:
+            state, error = "unreadable", str(err)
+    passes = len(logged_steps(store, run.info.run_id, "test/acc"))
+    return replace(found, passes=passes, checkpoint=state, checkpoint_error=error)
 
 
-def _restart(store: Store, experiment: str, old: Run, tags: dict[str, str], lost: Path) -> str:
-    """A new run in place of `old`, whose passes were logged but whose checkpoint is gone."""
+def _carry_out(
+    action: Action,
+    store: Store,
+    experiment: str,
+    runs: Sequence[Run],
+    tags: dict[str, str],
+    folder: Path,
+) -> str:
+    """Do what `action` says (a training one) with the configuration's `runs`; the id of the
+    run to train into. `tags` are the job's run's."""
     name = tags["mlflow.runName"]
-    new = store.client.create_run(experiment, tags=tags | {"restarted_from": old.info.run_id})
-    why = f"checkpoint {lost} is gone; restarted from pass 1 as run {new.info.run_id}"
-    log_values(store, old.info.run_id, tags={"restarted_as": new.info.run_id, "error": why})
-    if old.info.status == "RUNNING":
-        store.client.set_terminated(old.info.run_id, "KILLED")
-    log.warning("restart %s: run %s logged passes but its %s", name, old.info.run_id, why)
-    return new.info.run_id
-
-
-def _failed_on_other_data(
-    store: Store, experiment: str, tags: dict[str, str], stale_after_s: float
-) -> Run | None:
-    """An unfinished run of this config and engine that logged no pass: it failed before it
-    trained on its data (say they were broken, and are now repaired), so it resumes in place,
-    taking this job's data digest and fingerprint."""
-    same_config = find_runs(
-        store,
-        experiment,
-        kind="train",
-        config_fingerprint=tags["config_fingerprint"],
-        engine_version=tags["engine_version"],
-    )
-    return next(
-        (
-            run
-            for run in same_config
-            if run.info.status != "FINISHED"
-            and "superseded" not in run.data.tags
-            and not live_holder(run.data.tags, run.info.status, stale_after_s=stale_after_s)
-            and not logged_steps(store, run.info.run_id, "test/acc")
-        ),
-        None,
-    )
-
-
-def _supersede_older_versions(
-    store: Store, experiment: str, tags: dict[str, str], stale_after_s: float, keep: Run | None
-) -> None:
-    """Say so, once, when unfinished runs of this config were computed by other engine code or
-    data: they are not resumed (their results would mix) and stop counting as running. `keep`
-    is the run this job resumes."""
-    same_config = find_runs(
-        store, experiment, kind="train", config_fingerprint=tags["config_fingerprint"]
-    )
-    for run in same_config:
-        old = run.data.tags
-        if run.info.status == "FINISHED" or old["fingerprint"] == tags["fingerprint"]:
-            continue
-        if keep is not None and run.info.run_id == keep.info.run_id:
-            continue
-        if "superseded" in old or live_holder(old, run.info.status, stale_after_s=stale_after_s):
-            continue
-        changed = [
-            f"{key} {old.get(key, '?')} → {tags[key]}"
-            for key in ("engine_version", "dataset_digest")
-            if old.get(key) != tags[key]
-        ]
-        log.info(
-            "not resuming run %s of %s: %s; a new run starts",
-            run.info.run_id,
-            tags["mlflow.runName"],
-            ", ".join(changed),
-        )
-        log_values(store, run.info.run_id, tags={"superseded": ", ".join(changed)})
-        if run.info.status == "RUNNING":
-            store.client.set_terminated(run.info.run_id, "KILLED")
+    for old in action.supersede:
+        log.info("not resuming run %s of %s: %s", old.run.run_id, name, old.why)
+        log_values(store, old.run.run_id, tags={"superseded": old.why})
+        if old.run.status == "RUNNING":
+            store.client.set_terminated(old.run.run_id, "KILLED")
+    if action.run is None:
+        run_id = store.client.create_run(experiment, tags=tags, run_name=name).info.run_id
+        log.info("start %s: new run %s (%s)", name, run_id, action.reason)
+        return run_id
+    old = action.run
+    if action.do == Do.RESTART:
+        new = store.client.create_run(experiment, tags=tags | {"restarted_from": old.run_id})
+        why = f"{action.reason}; restarted from pass 1 as run {new.info.run_id}"
+        log_values(store, old.run_id, tags={"restarted_as": new.info.run_id, "error": why})
+        if old.status == "RUNNING":
+            store.client.set_terminated(old.run_id, "KILLED")
+        log.warning("restart %s: %s", name, why)
+        return new.info.run_id
+    if action.discard_checkpoint:
+        (folder / f"{old.run_id}.pt").unlink(missing_ok=True)
+    (run,) = [r for r in runs if r.info.run_id == old.run_id]
+    for key in CLEARED_ON_RESUME:
+        if key in run.data.tags:
+            store.client.delete_tag(old.run_id, key)
+    log_values(store, old.run_id, tags=tags)  # this process holds it now; this sweep is its parent
+    store.client.update_run(old.run_id, status="RUNNING")
+    log.info("resume %s: %s", name, action.reason)
+    return old.run_id
 
 
 def run_job(cfg: Config, *, overrides: list[str], hydra_dir: Path | None) -> str | None:
-    """Train per `cfg` into its MLflow run; return the run id, or None if it was not trained here.
-
-    A FINISHED run with the same fingerprint is skipped unless `cfg.force`; one that a live
-    process trains is skipped; an unfinished one (killed or failed) is resumed from its
-    checkpoint in the same MLflow run.
-    """
+    """Train per `cfg` into its MLflow run, as hw3.tracking.relaunch decides (skip, resume,
+    restart or new); return the run id, or None if it was not trained here."""
     job = open_job(cfg, overrides=overrides, hydra_dir=hydra_dir)
     if job is None:
         return None

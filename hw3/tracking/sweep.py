@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hw3.tracking.claim import live_holder
 from hw3.tracking.cli import exit_with
+from hw3.tracking.relaunch import REPLACED_TAGS
 from hw3.tracking.schema import resolve_path
 from hw3.tracking.store import (
     ENV_EXPERIMENT,
@@ -53,7 +54,7 @@ def close_sweep(
     second copy of the sweep, a Slurm job) still trains one of its runs: that launch closes it."""
     children = find_runs(store, experiment, **{"mlflow.parentRunId": parent_id})
     # Runs replaced by newer ones (other engine code, a lost checkpoint) no longer count.
-    current = [r for r in children if not {"superseded", "restarted_as"} & set(r.data.tags)]
+    current = [r for r in children if not set(REPLACED_TAGS) & set(r.data.tags)]
     live = [
         r for r in current if live_holder(r.data.tags, r.info.status, stale_after_s=stale_after_s)
     ]

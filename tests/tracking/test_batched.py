@@ -275,3 +275,77 @@ def test_a_group_size_below_one_fails_in_one_line(tmp_path, tiny_root):
         "(set hydra.launcher.group_size=N)"
     )
     assert runs_of(tmp_path / "store", "batched") == []
+
+
+@pytest.mark.slow
+def test_a_member_that_cannot_be_ended_fails_alone_and_ends_when_relaunched(tmp_path, tiny_root):
+    args = sweep_args(tmp_path, tiny_root, "model=plain", "seed=0,1", "trainer.epochs=2", BATCHED)
+    # Job #1's Hydra folder holds a "YAML file" that is a folder: its artifacts cannot be logged.
+    broken = tmp_path / "multirun" / "1" / ".hydra" / "broken.yaml"
+    broken.mkdir(parents=True)
+    store = tmp_path / "store"
+    ended = run_cli("run.py", *args, env=store_env(store))
+    assert ended.returncode == 1
+    runs = by_name(store)
+    assert runs["plain-seed0"].info.status == "FINISHED"
+    failed = runs["plain-seed1"]
+    assert failed.info.status == "FAILED" and failed.data.tags["group_size"] == "2"
+    assert failed.data.tags["error"].startswith("[Errno 21] Is a directory")
+    assert logged_passes(store, failed.info.run_id) == [1, 2]
+    assert error_lines(output(ended)) == [
+        f"error: plain-seed1 FAILED as its run was ended ({failed.data.tags['error']}); its "
+        "passes are logged and its checkpoint kept: relaunch to end it"
+    ]
+    assert "Traceback" not in ended.stderr
+    (parent,) = runs_of(store, "batched", kind="sweep")
+    assert parent.info.status == "FAILED"
+
+    broken.rmdir()
+    again = run_cli("run.py", *args, env=store_env(store))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert skipped(output(again)) == [("plain-seed0", runs["plain-seed0"].info.run_id)]
+    resumed = f"resume plain-seed1: run {failed.info.run_id} from its last checkpoint"
+    assert resumed in output(again)
+    run = by_name(store)["plain-seed1"]
+    assert run.info.run_id == failed.info.run_id and run.info.status == "FINISHED"
+    assert logged_passes(store, run.info.run_id) == [1, 2]
+    # It trained alone this time: no tags of a group it no longer trains in, nor of its failure.
+    assert not {"group_size", "group_pass_time", "error"} & set(run.data.tags)
+    assert "model/state_dict.pt" in artifacts(store, run.info.run_id)
+    (parent,) = runs_of(store, "batched", kind="sweep")
+    assert parent.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_member_whose_checkpoint_is_unreadable_restarts_openly_and_the_others_train(
+    tmp_path, tiny_root
+):
+    args = sweep_args(tmp_path, tiny_root, "model=plain", "trainer.epochs=2", BATCHED)
+    store = tmp_path / "store"
+    # Seed 0 trains, but its run cannot be ended (a "YAML file" that is a folder): it is left
+    # FAILED with its passes logged and its checkpoint kept; then that checkpoint is truncated.
+    broken = tmp_path / "multirun" / "0" / ".hydra" / "broken.yaml"
+    broken.mkdir(parents=True)
+    assert run_cli("run.py", *args, "seed=0", env=store_env(store)).returncode == 1
+    broken.rmdir()
+    (failed,) = runs_of(store, "batched")
+    (checkpoint,) = (tmp_path / "ckpt").rglob(f"{failed.info.run_id}.pt")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+
+    relaunch = run_cli("run.py", *args, "seed=0,1", env=store_env(store))
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    assert (
+        f"restart plain-seed0: run {failed.info.run_id} logged passes but its checkpoint "
+        f"{checkpoint} is unreadable (truncated or corrupt" in output(relaunch)
+    )
+    runs = {r.info.run_id: r for r in runs_of(store, "batched")}
+    old = runs.pop(failed.info.run_id)
+    assert old.info.status == "FAILED" and old.data.tags["error"].startswith("run ")
+    new = runs[old.data.tags["restarted_as"]]
+    assert new.data.tags["restarted_from"] == old.info.run_id
+    assert sorted(r.info.run_name for r in runs.values()) == ["plain-seed0", "plain-seed1"]
+    for run in runs.values():
+        assert run.info.status == "FINISHED", run.info.run_name
+        assert run.data.tags["group_size"] == "2"  # the two trained together
+        assert logged_passes(store, run.info.run_id) == [1, 2]
+    assert results(store, new.info.run_id) == solo(tiny_root, lr=0.04, epochs=2)

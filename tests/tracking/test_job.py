@@ -1,8 +1,9 @@
 """One job in this process against a real SQLite store: a crash between a pass's checkpoint and
-its logging, and the relaunch that mends it."""
+its logging and the relaunch that mends it, and what a job leaves when it cannot go on."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,13 +13,38 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 import hw3.tracking.job
-from hw3.tracking.job import run_job
+from hw3.engine.data import raw_dir
+from hw3.tracking.claim import Claim
+from hw3.tracking.job import RunFailed, open_job, run_job
+from hw3.tracking.store import (
+    ENV_EXPERIMENT,
+    ENV_EXPERIMENT_ID,
+    ENV_PARENT,
+    ENV_SWEEP,
+    connect,
+    experiment_id,
+)
 
-pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # three runs: ~5 s
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # a few s each
 
 
 class StoreLost(ConnectionError):
     """The store went away in the middle of a call."""
+
+
+def lose_the_logging_of_pass(n: int, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Make the store go away, once, while a job logs its pass `n`: the pass's metrics (saved in
+    its checkpoint before) are put in the list returned."""
+    log_values, lost = hw3.tracking.job.log_values, []
+
+    def lose_pass(store, run_id, **values) -> None:
+        if values.get("step") == n and values.get("metrics") and not lost:
+            lost.append(values["metrics"])
+            raise StoreLost(f"the store went away while pass {n} was logged")
+        log_values(store, run_id, **values)
+
+    monkeypatch.setattr(hw3.tracking.job, "log_values", lose_pass)
+    return lost
 
 
 def test_a_pass_checkpointed_but_not_logged_is_logged_once_by_the_resumed_run(
@@ -28,15 +54,7 @@ def test_a_pass_checkpointed_but_not_logged_is_logged_once_by_the_resumed_run(
         args = config_args(tmp_path, tiny_root, experiment, f"trainer.epochs={EPOCHS}")
         return OmegaConf.to_object(compose_config(*args, "data.train_size=128"))
 
-    log_values, lost = hw3.tracking.job.log_values, []
-
-    def lose_pass_2(store, run_id, **values) -> None:
-        if values.get("step") == 2 and values.get("metrics") and not lost:
-            lost.append(values["metrics"])
-            raise StoreLost("the store went away while pass 2 was logged")
-        log_values(store, run_id, **values)
-
-    monkeypatch.setattr(hw3.tracking.job, "log_values", lose_pass_2)
+    lost = lose_the_logging_of_pass(2, monkeypatch)
     with pytest.raises(StoreLost):
         run_job(config("crash"), overrides=[], hydra_dir=None)
     (crashed,) = runs_of(tmp_path, "crash")
@@ -60,3 +78,64 @@ def test_a_pass_checkpointed_but_not_logged_is_logged_once_by_the_resumed_run(
     assert run_job(config("straight"), overrides=[], hydra_dir=None) is not None
     (straight,) = runs_of(tmp_path, "straight")
     assert untimed(history) == untimed(history_of(tmp_path, straight.info.run_id))
+
+
+def test_a_pass_checkpointed_on_other_data_is_never_continued(
+    compose_config, tmp_path: Path, tiny_root: Path, monkeypatch: pytest.MonkeyPatch
+):
+    other = tmp_path / "other"  # the same files but one test label: other data
+    shutil.copytree(tiny_root, other)
+    labels = raw_dir(other) / "t10k-labels-idx1-ubyte"
+    data = bytearray(labels.read_bytes())
+    data[-1] = (data[-1] + 1) % 10
+    labels.write_bytes(bytes(data))
+
+    def config(root: Path):
+        args = config_args(tmp_path, root, "other", "trainer.epochs=2", "data.train_size=128")
+        return OmegaConf.to_object(compose_config(*args))
+
+    lose_the_logging_of_pass(1, monkeypatch)
+    with pytest.raises(StoreLost):
+        run_job(config(tiny_root), overrides=[], hydra_dir=None)
+    (crashed,) = runs_of(tmp_path, "other")
+    assert crashed.info.status == "FAILED" and "test/acc" not in crashed.data.metrics
+    assert list((tmp_path / "ckpt").rglob(f"{crashed.info.run_id}.pt"))  # pass 1, not logged
+
+    run_id = run_job(config(other), overrides=[], hydra_dir=None)
+    runs = {r.info.run_id: r for r in runs_of(tmp_path, "other")}
+    old = runs.pop(crashed.info.run_id)
+    assert list(runs) == [run_id]
+    assert old.data.tags["superseded"].startswith("dataset_digest ")
+    assert old.data.tags["dataset_digest"] == crashed.data.tags["dataset_digest"]
+    assert runs[run_id].info.status == "FINISHED"
+    assert runs[run_id].data.tags["dataset_digest"] != old.data.tags["dataset_digest"]
+    assert [s for s, _ in history_of(tmp_path, run_id)["test/acc"]] == [1, 2]
+
+
+def test_a_job_that_cannot_record_itself_on_its_sweep_holds_nothing(
+    compose_config, tmp_path: Path, tiny_root: Path, monkeypatch: pytest.MonkeyPatch
+):
+    args = config_args(tmp_path, tiny_root, "orphan", "trainer.epochs=1", "data.train_size=64")
+    cfg = OmegaConf.to_object(compose_config(*args))
+    store = connect(store_uri(tmp_path))
+    experiment = experiment_id(store, "orphan")
+    parent = store.client.create_run(experiment, tags={"kind": "sweep"}).info.run_id
+    store.client.delete_run(parent)  # say, from the UI while its sweep runs: it takes no tags
+    sweep = {ENV_EXPERIMENT: "orphan", ENV_EXPERIMENT_ID: experiment, ENV_PARENT: parent}
+    for key, value in (sweep | {ENV_SWEEP: "s"}).items():
+        monkeypatch.setenv(key, value)
+    # Kept, as a sweep keeps a job's failure (and its traceback, and the frames in it).
+    with pytest.raises(RunFailed) as failed:
+        open_job(cfg, overrides=[], hydra_dir=None)
+    assert "plain-seed0 stopped" in str(failed.value)
+    (run,) = runs_of(tmp_path, "orphan")
+    assert run.info.status == "FAILED"  # not left RUNNING by this live process
+    (lock,) = (tmp_path / "ckpt").rglob("*.lock")
+    claim = Claim.take(lock)
+    assert isinstance(claim, Claim), claim  # nobody holds the configuration
+    claim.release()
+
+    for key in (*sweep, ENV_SWEEP):
+        monkeypatch.delenv(key)
+    assert run_job(cfg, overrides=[], hydra_dir=None) == run.info.run_id  # resumed in place
+    assert MlflowClient(store_uri(tmp_path)).get_run(run.info.run_id).info.status == "FINISHED"

@@ -238,6 +238,33 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, tiny_root):
     assert parent.info.status == "FAILED"
 
 
+def test_a_run_that_cannot_be_ended_fails_in_one_line_and_ends_when_relaunched(tmp_path, tiny_root):
+    args = job_args(tmp_path, tiny_root, "ending", "trainer.epochs=1")
+    # The run's Hydra folder holds a "YAML file" that is a folder: its artifacts cannot be logged.
+    broken = tmp_path / "outputs" / ".hydra" / "broken.yaml"
+    broken.mkdir(parents=True)
+    result = run_cli("run.py", *args)
+    assert result.returncode == 1
+    (failed,) = runs_of(tmp_path, "ending")
+    error = failed.data.tags["error"]
+    assert failed.info.status == "FAILED" and error.startswith("[Errno 21] Is a directory")
+    assert error_lines(result.stderr) == [
+        f"error: plain-seed0 FAILED as its run was ended ({error}); its passes are logged and "
+        "its checkpoint kept: relaunch to end it"
+    ]
+    assert "Traceback" not in result.stderr
+    client = MlflowClient(store_uri(tmp_path))
+    assert "error.txt" in {a.path for a in client.list_artifacts(failed.info.run_id)}
+
+    broken.rmdir()
+    again = run_cli("run.py", *args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    (run,) = runs_of(tmp_path, "ending")
+    assert (run.info.run_id, run.info.status) == (failed.info.run_id, "FINISHED")
+    assert [s for s, _ in history_of(tmp_path, run.info.run_id)["test/acc"]] == [1]
+    assert "model" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_failed_run_exits_in_one_line_and_resumes_in_place_once_repaired(tmp_path, tiny_root):
     args = job_args(tmp_path, tiny_root, "single", "trainer.epochs=1")
@@ -290,6 +317,6 @@ def test_relative_paths_resolve_from_the_project_root_and_the_environment_names_
     assert json.loads(dataset_input.dataset.source) == {"uri": raw_dir(tiny_root).as_uri()}
     # The run's claim on its configuration stays beside its (deleted) checkpoints.
     assert [p.name for p in (tmp_path / "ckpt").rglob("*.lock")] == [
-        f"{run.data.tags['fingerprint']}.lock"
+        f"{run.data.tags['config_fingerprint']}.lock"
     ]
     assert list(elsewhere.iterdir()) == []
