@@ -54,8 +54,11 @@ DEVICE=${GPU_CHECK_DEVICE:-cuda}
 read -ra EXTRA <<<"${GPU_CHECK_OVERRIDES:-}"
 
 usage="usage: gpu_check.sh OUT [--sweeps] | gpu_check.sh --restore DIR"
-if [ "${1:-}" = --restore ]; then
-    from=${2:?$usage}
+if [ -z "${1:-}" ] || { [ "$1" = --restore ] && [ -z "${2:-}" ]; }; then
+    echo "gpu_check.sh: $usage" >&2
+    exit 2
+elif [ "$1" = --restore ]; then
+    from=$2
     if [ ! -f "$from/mlflow.db" ]; then
         echo "gpu_check.sh: no mlflow.db in $from (give the device tool's files_at)" >&2
         exit 2
@@ -72,7 +75,7 @@ if [ "${1:-}" = --restore ]; then
         "a follow-up call resumes it from .gpu/resume ($(du -sh .gpu/resume | cut -f1)): gpu_check.sh OUT --sweeps"
     exit 0
 fi
-OUT=${1:?$usage}
+OUT=$1
 sweeps_only=false
 case "${2:-}" in
     "") ;;
