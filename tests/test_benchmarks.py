@@ -41,7 +41,7 @@ def test_speed_reference_and_hw3_agree_round_by_round(data_root: Path):
         assert set(seconds) == {"train_pass_s", "smoothness_s", "eval_s", "pass_s"}
         phases = seconds["train_pass_s"] + seconds["smoothness_s"] + seconds["eval_s"]
         assert seconds["pass_s"] == pytest.approx(phases, abs=0.002), side
-    # Same weights, same batches: float rounding only. The losses agree to ~1e-7 (README); L̂
+    # Same weights, same batches: float rounding only. The losses agree to ~1e-7 (docs/speed.md); L̂
     # (about 6 here), a difference of two gradients over ‖u‖, amplifies rounding: ~5e-7 of it.
     diff = result["max_abs_diff"]
     assert diff["train/acc"] == 0.0

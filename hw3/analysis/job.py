@@ -16,11 +16,11 @@ from hw3.analysis.intervals import KINDS, ErrorBar
 from hw3.analysis.report import write_report, write_summary
 from hw3.analysis.stability import Stability, load_stability
 from hw3.analysis.study import AnalysisError, Study, load_study
+from hw3.tracking.claim import now_ms
 from hw3.tracking.schema import Config
 from hw3.tracking.store import (
     Store,
     connect_existing,
-    find_runs,
     fingerprint,
     git_state,
     log_values,
@@ -111,28 +111,25 @@ class Outcome:
     run_id: str
 
 
-def log_analysis(store: Store, study: Study, files: list[Path], params: dict[str, str]) -> str:
-    """The study's run tagged kind=analysis, holding `files`: one per selection, updated.
+def log_analysis(
+    store: Store, study: Study, files: list[Path], params: dict[str, str], started_ms: int
+) -> str:
+    """A new run tagged kind=analysis, from `started_ms` to now, holding `files`.
 
-    Regenerating an analysis overwrites its artifacts in the same run rather than adding a
-    run to the experiment at every call.
+    One run per analysis, so that each shows its own time and keeps what it wrote; the
+    analyses of one selection share the tag `analysis_id`.
     """
-    key = fingerprint({"selection": study.selection})
     tags = {
         "kind": "analysis",
-        "analysis_id": key,
+        "analysis_id": fingerprint({"selection": study.selection}),
         "analysed_runs": len(study.runs),
         "left_out_runs": len(study.left_out),
         "engine_version": study.engine_version,
-        "errorbar": study.errorbar.label,  # a tag: the next analysis may choose another
+        "errorbar": study.errorbar.label,
         **git_state(),
     }
-    earlier = find_runs(store, study.experiment_id, kind="analysis", analysis_id=key)
-    if earlier:
-        run_id = earlier[0].info.run_id
-        store.client.update_run(run_id, status="RUNNING")
-    else:
-        run_id = store.client.create_run(study.experiment_id, run_name="analysis").info.run_id
+    run = store.client.create_run(study.experiment_id, started_ms, run_name="analysis")
+    run_id = run.info.run_id
     try:
         log_values(store, run_id, params=params, tags=tags)
         for path in files:
@@ -154,6 +151,7 @@ def analyze(
     filter_string: str | None,
 ) -> Outcome:
     """Analyse the experiment's training runs into `out` and log the result to MLflow."""
+    started_ms = now_ms()
     store = connect_existing(uri)
     study = load_study(
         store, experiment, sweep_id=sweep_id, filter_string=filter_string, errorbar=config.errorbar
@@ -164,7 +162,8 @@ def analyze(
     files = [*figures, write_summary(study, out / "summary.csv")]
     files.append(write_report(study, stability, figures, out / "REPORT.md"))
     params = {"sweep_id": sweep_id, "filter": filter_string, "selection": study.selection}
-    run_id = log_analysis(store, study, files, {k: v for k, v in params.items() if v is not None})
+    params = {k: v for k, v in params.items() if v is not None}
+    run_id = log_analysis(store, study, files, params, started_ms)
     log.info(
         "analysed %d runs in %d groups (%d left out) → %s; MLflow run %s",
         len(study.runs),

@@ -1,17 +1,19 @@
-"""Hydra callback: a sweep's store, experiment and parent run, made once by the launcher."""
+"""Hydra callback: a sweep's store, experiment and parent run, made once by the launcher, and
+a run per launch nested under the parent."""
 
 from __future__ import annotations
 
 import atexit
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
-from hw3.tracking.claim import live_holder
+from hw3.tracking.claim import Heartbeat, holder_tags, live_holder, now_ms
 from hw3.tracking.cli import exit_with
 from hw3.tracking.relaunch import REPLACED_TAGS
 from hw3.tracking.schema import resolve_path
@@ -29,6 +31,7 @@ from hw3.tracking.store import (
     fingerprint,
     git_state,
     local_folder,
+    log_values,
     redact,
 )
 
@@ -47,12 +50,20 @@ def sweep_id(config: DictConfig) -> str:
 
 
 def close_sweep(
-    store: Store, experiment: str, parent_id: str, *, completed: bool, stale_after_s: float
+    store: Store,
+    experiment: str,
+    parent_id: str,
+    *,
+    completed: bool,
+    stale_after_s: float,
+    end_time: int | None = None,
 ) -> str:
     """End a sweep's parent run and return its status: FINISHED if the sweep completed and
-    every current child finished, else FAILED; left RUNNING while another live process (a
-    second copy of the sweep, a Slurm job) still trains one of its runs: that launch closes it."""
-    children = find_runs(store, experiment, **{"mlflow.parentRunId": parent_id})
+    every current job finished, else FAILED; left RUNNING while another live process (a
+    second copy of the sweep, a Slurm job) still trains one of its runs: that launch closes it.
+    Only the jobs' runs (kind=train) count, not the launches nested beside them. `end_time`:
+    when it ended (Unix ms), now if None."""
+    children = find_runs(store, experiment, kind="train", **{"mlflow.parentRunId": parent_id})
     # Runs replaced by newer ones (other engine code, a lost checkpoint) no longer count.
     current = [r for r in children if not set(REPLACED_TAGS) & set(r.data.tags)]
     live = [
@@ -63,8 +74,41 @@ def close_sweep(
         return "RUNNING"
     ok = completed and all(r.info.status == "FINISHED" for r in current)
     status = "FINISHED" if ok else "FAILED"
-    store.client.set_terminated(parent_id, status)
+    store.client.set_terminated(parent_id, status, end_time=end_time)
     return status
+
+
+def end_dead_launches(
+    store: Store, experiment: str, parent_id: str, *, stale_after_s: float
+) -> int:
+    """Mark KILLED the sweep's launches left RUNNING by a launching process that died (kill -9,
+    a lost node), ended at their last heartbeat; return how many launches the sweep had."""
+    launches = find_runs(store, experiment, kind="launch", **{"mlflow.parentRunId": parent_id})
+    for run in launches:
+        tags = run.data.tags
+        if run.info.status == "RUNNING" and not live_holder(
+            tags, "RUNNING", stale_after_s=stale_after_s
+        ):
+            last_seen = int(tags.get("heartbeat", run.info.start_time))
+            store.client.set_terminated(run.info.run_id, "KILLED", end_time=last_seen)
+    return len(launches)
+
+
+def launch_status(completed: bool, sweep_status: str) -> str:
+    """A launch's own status: FINISHED if it ran to its end and the sweep did not fail."""
+    return "FINISHED" if completed and sweep_status != "FAILED" else "FAILED"
+
+
+@dataclass
+class _OpenSweep:
+    """What a launch holds open until the sweep ends."""
+
+    store: Store
+    experiment: str
+    parent: str
+    launch: str
+    heartbeat: Heartbeat
+    stale_after_s: float
 
 
 class MlflowSweep(Callback):
@@ -73,10 +117,13 @@ class MlflowSweep(Callback):
     Jobs get their ids through the environment and create their runs by id, so parallel
     jobs never race a schema migration or an experiment lookup. The parent run is closed
     when the sweep ends, FAILED if any job failed, also when the sweep aborts.
+
+    The parent run lives as long as the sweep, first launch to last: each launch is a run
+    `launch-<n>` (kind=launch) nested under it, so that its own time and outcome show.
     """
 
     def __init__(self) -> None:
-        self._open: tuple[Store, str, str, float] | None = None
+        self._open: _OpenSweep | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -94,17 +141,31 @@ class MlflowSweep(Callback):
         # Two copies of one sweep launched at once must share one parent run.
         folder = local_folder(resolve_path(config.trainer.checkpoint_dir), store, experiment)
         folder.mkdir(parents=True, exist_ok=True)
+        stale_after_s = config.tracking.stale_after_s
+        overrides = redact(" ".join(config.hydra.overrides.task))
         with file_lock(folder / f"sweep-{sid}.lock"):
             earlier = find_runs(store, experiment, kind="sweep", sweep_id=sid)
             if earlier:
                 parent = earlier[0].info.run_id
                 store.client.update_run(parent, status="RUNNING")
             else:
-                tags = {"kind": "sweep", "sweep_id": sid, **git_state()}
-                tags["overrides"] = redact(" ".join(config.hydra.overrides.task))
+                tags = {"kind": "sweep", "sweep_id": sid, "overrides": overrides, **git_state()}
                 run_name = f"sweep-{sid[:8]}"
                 parent = store.client.create_run(experiment, run_name=run_name, tags=tags)
                 parent = parent.info.run_id
+            number = end_dead_launches(store, experiment, parent, stale_after_s=stale_after_s) + 1
+            tags = {
+                "kind": "launch",
+                "sweep_id": sid,
+                "launch": str(number),
+                "mlflow.parentRunId": parent,
+                "overrides": overrides,
+                **git_state(),
+                **holder_tags(),
+                "heartbeat": str(now_ms()),
+            }
+            launch = store.client.create_run(experiment, run_name=f"launch-{number}", tags=tags)
+            launch = launch.info.run_id
         os.environ |= {
             ENV_EXPERIMENT: name,
             ENV_EXPERIMENT_ID: experiment,
@@ -113,7 +174,14 @@ class MlflowSweep(Callback):
         }
         where = redact(store.uri)
         log.info("sweep %s: parent run %s in experiment %s at %s", sid, parent, name, where)
-        self._open = (store, experiment, parent, config.tracking.stale_after_s)
+        log.info("launch %d of the sweep: run %s", number, launch)
+
+        def beat() -> None:
+            log_values(store, launch, tags={"heartbeat": now_ms()})
+
+        heartbeat = Heartbeat(beat, config.tracking.heartbeat_s)
+        heartbeat.start()
+        self._open = _OpenSweep(store, experiment, parent, launch, heartbeat, stale_after_s)
         atexit.register(self._close, completed=False)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -123,9 +191,17 @@ class MlflowSweep(Callback):
     def _close(self, completed: bool) -> None:
         if self._open is None:
             return
-        store, experiment, parent, stale_after_s = self._open
-        self._open = None
+        sweep, self._open = self._open, None
+        sweep.heartbeat.stop()
+        end = now_ms()  # the parent ends with its latest launch, not a moment before it
         status = close_sweep(
-            store, experiment, parent, completed=completed, stale_after_s=stale_after_s
+            sweep.store,
+            sweep.experiment,
+            sweep.parent,
+            completed=completed,
+            stale_after_s=sweep.stale_after_s,
+            end_time=end,
         )
-        log.info("sweep parent run %s: %s", parent, status)
+        ended = launch_status(completed, status)
+        sweep.store.client.set_terminated(sweep.launch, ended, end_time=end)
+        log.info("sweep parent run %s: %s (this launch: %s)", sweep.parent, status, ended)

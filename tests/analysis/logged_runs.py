@@ -76,8 +76,11 @@ def log_grid(client: MlflowClient, exp: str, models: tuple[str, ...], n_seeds: i
 
 
 def log_sweep(client: MlflowClient, exp: str, sweep_id: str, jobs: list[str]) -> str:
-    """A sweep's parent run naming the run of each job it asked for (tags job.<fingerprint>)."""
+    """A sweep's parent run naming the run of each job it asked for (tags job.<fingerprint>),
+    with its launch nested under it as run.py logs it (a run without metrics, kind=launch)."""
     tags = {"kind": "sweep", "sweep_id": sweep_id} | {f"job.fp{i}": r for i, r in enumerate(jobs)}
     run_id = client.create_run(exp, run_name=f"sweep-{sweep_id[:8]}", tags=tags).info.run_id
+    launch = {"kind": "launch", "sweep_id": sweep_id, "mlflow.parentRunId": run_id}
+    client.set_terminated(client.create_run(exp, tags=launch).info.run_id, "FINISHED")
     client.set_terminated(run_id, "FINISHED")
     return run_id

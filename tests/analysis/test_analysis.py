@@ -27,6 +27,7 @@ from hw3.analysis.intervals import ErrorBar
 from hw3.analysis.job import Settings, analyze
 from hw3.analysis.report import write_report, write_summary
 from hw3.analysis.study import AnalysisError, Study, load_study
+from hw3.tracking.claim import now_ms
 from hw3.tracking.store import TrackingError, connect_existing
 
 analysis_job.register()
@@ -243,13 +244,15 @@ def test_nothing_to_analyse_fails_clearly(tmp_path, store):
 
 
 @pytest.mark.slow
-def test_the_analysis_run_is_logged_and_ignored_by_the_next_analysis(tmp_path, store):
+def test_each_analysis_is_a_run_of_its_own_time_ignored_by_the_next_analysis(tmp_path, store):
     uri, client, exp = store
     log_grid(client, exp, ("plain", "stride"), n_seeds=2)
+    before = now_ms()
     first = run_analysis(uri, tmp_path / "a")
     run = client.get_run(first.run_id)
     assert run.data.tags["kind"] == "analysis"
     assert run.info.status == "FINISHED"
+    assert before <= run.info.start_time <= run.info.end_time <= now_ms()
     logged = {a.path for a in client.list_artifacts(first.run_id)}
     assert logged == {p.name for p in first.files}
     assert {"REPORT.md", "summary.csv", "smoothness.png", "time.pdf"} <= logged
@@ -258,18 +261,22 @@ def test_the_analysis_run_is_logged_and_ignored_by_the_next_analysis(tmp_path, s
     assert (tmp_path / "a" / "summary.csv").read_text() == (
         tmp_path / "b" / "summary.csv"
     ).read_text()
-    assert second.run_id == first.run_id  # regenerating updates the selection's analysis run
-    assert client.get_run(first.run_id).data.tags["errorbar"] == "min–max over seeds"
+    # Regenerating is a new run that starts after the first ended: each shows its own time.
+    again = client.get_run(second.run_id)
+    assert second.run_id != first.run_id
+    assert client.get_run(first.run_id).info.end_time == run.info.end_time
+    assert run.info.end_time <= again.info.start_time <= again.info.end_time
+    assert again.data.tags["analysis_id"] == run.data.tags["analysis_id"]  # the same selection
     third = analyze(
         uri, EXPERIMENT, tmp_path / "d", settings("t"), sweep_id=None, filter_string=None
     )
-    assert third.run_id == first.run_id  # another error bar, the same selection
+    assert client.get_run(first.run_id).data.tags["errorbar"] == "min–max over seeds"
     assert (
-        client.get_run(first.run_id).data.tags["errorbar"] == "95% Student-t interval of the mean"
+        client.get_run(third.run_id).data.tags["errorbar"] == "95% Student-t interval of the mean"
     )
-    assert len(client.search_runs([exp], "tags.kind = 'analysis'")) == 1
+    assert len(client.search_runs([exp], "tags.kind = 'analysis'")) == 3
     other = run_analysis(uri, tmp_path / "c", filter_string="tags.model = 'plain'")
-    assert other.run_id != first.run_id
+    assert client.get_run(other.run_id).data.tags["analysis_id"] != run.data.tags["analysis_id"]
 
 
 def test_analyze_presets_name_their_experiment(compose_config):

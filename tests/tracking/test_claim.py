@@ -1,5 +1,6 @@
 """Who trains a run: exclusive claims across processes, liveness (dead, zombie, reused pid, other
-hosts' heartbeats), the heartbeat thread, and a sweep's parent left open while runs still train."""
+hosts' heartbeats), the heartbeat thread, a sweep's parent left open while runs still train, and
+its launches: never counted as its jobs, ended KILLED once their launching process is gone."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from helpers import stat_fields, store_uri, wait_for
 from hw3.tracking.claim import Claim, Heartbeat, holder_tags, live_holder, now_ms, process_alive
 from hw3.tracking.schema import PROJECT_ROOT
 from hw3.tracking.store import connect, experiment_id, log_values
-from hw3.tracking.sweep import close_sweep
+from hw3.tracking.sweep import close_sweep, end_dead_launches
 
 STALE_S = 60.0
 
@@ -140,7 +141,58 @@ def test_runs_replaced_by_newer_ones_do_not_fail_their_sweep(tmp_path, supersede
     experiment = experiment_id(store, "replaced")
     parent = store.client.create_run(experiment, tags={"kind": "sweep"}).info.run_id
     for tags, status in (({superseded: "x"}, "KILLED"), ({}, "FINISHED")):
-        run = store.client.create_run(experiment, tags={"mlflow.parentRunId": parent} | tags)
+        child = {"kind": "train", "mlflow.parentRunId": parent} | tags
+        run = store.client.create_run(experiment, tags=child)
         store.client.set_terminated(run.info.run_id, status)
     status = close_sweep(store, experiment, parent, completed=True, stale_after_s=STALE_S)
     assert status == "FINISHED"
+
+
+def test_a_sweeps_launches_nested_beside_its_jobs_do_not_count_as_jobs(tmp_path):
+    store = connect(store_uri(tmp_path))
+    experiment = experiment_id(store, "launches")
+    parent = store.client.create_run(experiment, tags={"kind": "sweep"}).info.run_id
+    nested = {"mlflow.parentRunId": parent}
+    job = store.client.create_run(experiment, tags=nested | {"kind": "train"}).info.run_id
+    store.client.set_terminated(job, "FINISHED")
+    failed = store.client.create_run(experiment, tags=nested | {"kind": "launch"}).info.run_id
+    store.client.set_terminated(failed, "FAILED")  # an earlier launch that failed
+    this_launch = nested | {"kind": "launch"} | holder_tags() | {"heartbeat": str(now_ms())}
+    running = store.client.create_run(experiment, tags=this_launch).info.run_id  # alive: us
+    status = close_sweep(store, experiment, parent, completed=True, stale_after_s=STALE_S)
+    assert status == "FINISHED"
+    assert store.client.get_run(running).info.status == "RUNNING"  # the launch ends itself
+
+
+def test_launches_whose_process_is_gone_end_killed_at_their_last_heartbeat(tmp_path):
+    store = connect(store_uri(tmp_path))
+    experiment = experiment_id(store, "dead")
+    parent = store.client.create_run(experiment, tags={"kind": "sweep"}).info.run_id
+    old_beat = now_ms() - int(2 * STALE_S * 1000)
+
+    def launch(holder: dict[str, object], status: str = "RUNNING") -> str:
+        tags = {"kind": "launch", "mlflow.parentRunId": parent} | holder
+        run_id = store.client.create_run(experiment, tags=tags).info.run_id
+        if status != "RUNNING":
+            store.client.set_terminated(run_id, status)
+        return run_id
+
+    launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        here = {"host": socket.gethostname(), "pid": launcher.pid}
+        here["pid_start"] = stat_fields(launcher.pid)[19]
+        killed = launch(here | {"heartbeat": 1_000})
+    finally:
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+    cases = {  # launch → (status after, end time after; None: still open)
+        killed: ("KILLED", 1_000),
+        launch(holder_tags() | {"heartbeat": now_ms()}): ("RUNNING", None),  # this process
+        launch({"host": "elsewhere", "pid": 1, "heartbeat": now_ms()}): ("RUNNING", None),
+        launch({"host": "elsewhere", "pid": 1, "heartbeat": old_beat}): ("KILLED", old_beat),
+    }
+    done = launch(holder_tags(), "FINISHED")
+    cases[done] = ("FINISHED", store.client.get_run(done).info.end_time)
+    assert end_dead_launches(store, experiment, parent, stale_after_s=STALE_S) == len(cases)
+    after = {r: store.client.get_run(r).info for r in cases}
+    assert {r: (i.status, i.end_time) for r, i in after.items()} == cases

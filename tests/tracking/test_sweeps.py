@@ -80,6 +80,13 @@ def swept(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> Swept:
     return Swept(tmp, runs, histories, parent)
 
 
+def launches_of(where: Path, parent: Run) -> list[Run]:
+    """The launches of the sweep of `parent`, first to last."""
+    runs = runs_of(where, "sweep", kind="launch")
+    mine = [r for r in runs if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
+    return sorted(mine, key=lambda r: int(r.data.tags["launch"]))
+
+
 def assert_untouched(where: Path, swept: Swept) -> None:
     """The sweep's runs are still as it left them: status, end, params, tags and metrics."""
     for name, before in swept.runs.items():
@@ -92,6 +99,11 @@ def assert_untouched(where: Path, swept: Swept) -> None:
 def test_a_sweep_logs_one_nested_run_per_job_with_what_defines_it(swept, compose_config, tiny_root):
     assert swept.parent.info.status == "FINISHED"
     assert sorted(swept.runs) == FIRST
+    (launch,) = launches_of(swept.tmp, swept.parent)
+    assert (launch.info.run_name, launch.info.status) == ("launch-1", "FINISHED")
+    assert launch.data.tags["sweep_id"] == swept.parent.data.tags["sweep_id"]
+    assert launch.data.tags["host"] == socket.gethostname()
+    assert launch.data.tags["overrides"] == swept.parent.data.tags["overrides"]
     digest = locate(tiny_root, system_dir=None, download=False).digest
     client = MlflowClient(store_uri(swept.tmp))
     for name, run in swept.runs.items():
@@ -145,10 +157,20 @@ def test_a_relaunch_skips_finished_runs_and_more_seeds_run_only_the_new_ones(swe
     assert {r.info.run_id for r in runs_of(tmp, "sweep")} == {i for _, i in finished}
     (parent,) = runs_of(tmp, "sweep", kind="sweep")  # the same sweep: the same parent run
     assert (parent.info.run_id, parent.info.status) == (swept.parent.info.run_id, "FINISHED")
+    # The parent spans both launches; each launch is a nested run of its own time.
+    first, second = launches_of(tmp, parent)
+    assert [r.info.status for r in (first, second)] == ["FINISHED", "FINISHED"]
+    assert parent.info.start_time <= first.info.start_time
+    assert first.info.end_time <= swept.parent.info.end_time <= second.info.start_time
+    assert second.info.start_time <= second.info.end_time <= parent.info.end_time
 
     more = run_cli("run.py", *sweep_args(tmp, tiny_root, f"{SEEDS},2"))
     assert more.returncode == 0, more.stderr[-3000:]
     assert skipped(output(more)) == finished
+    (grown,) = [
+        p for p in runs_of(tmp, "sweep", kind="sweep") if p.info.run_id != parent.info.run_id
+    ]
+    assert [r.info.run_name for r in launches_of(tmp, grown)] == ["launch-1"]  # another sweep
     assert_untouched(tmp, swept)
     new = [r for r in runs_of(tmp, "sweep") if r.info.run_name not in swept.runs]
     assert sorted(r.info.run_name for r in new) == ["bn-seed2", "plain-seed2"]
