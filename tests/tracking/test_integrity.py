@@ -35,7 +35,7 @@ from helpers import (
 )
 from mlflow.tracking import MlflowClient
 
-from hw3.engine.files import raw_dir
+from hw3.engine.files import OFFICIAL_MD5, raw_dir
 from hw3.tracking.schema import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow  # real CLI runs, a few seconds each
@@ -381,7 +381,7 @@ def test_every_run_records_its_dataset_and_other_data_is_another_run(tmp_path, t
     (dataset_input,) = run.inputs.dataset_inputs
     dataset = dataset_input.dataset
     raw = tiny_root / "FashionMNIST" / "raw"
-    md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in raw.iterdir()}
+    md5 = {name: hashlib.md5((raw / name).read_bytes()).hexdigest() for name in OFFICIAL_MD5}
     assert dataset.name == "FashionMNIST train[:300]"
     assert dataset.digest == run.data.tags["dataset_digest"]
     assert json.loads(dataset.profile)["md5"] == md5
