@@ -21,6 +21,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
 from hw3.analysis.intervals import reciprocal
+from hw3.analysis.paired import SUMMARIES, Paired, study_comparisons
 from hw3.analysis.stability import UNIFORM_LOSS, Stability, final_aggregates
 from hw3.analysis.study import Study, describe, learning_rate, run_means, runs_of, series
 
@@ -491,10 +492,61 @@ def stability_figure(study: Study, stability: Stability) -> Figure:
     return fig
 
 
+def draw_paired(ax: Axes, p: Paired, color: dict[str, object]) -> None:
+    """One comparison: each seed's two runs joined by a line, the means in black, the mean
+    paired difference and its error bar in the title."""
+    for seed, a, b in zip(p.seeds, p.values_a, p.values_b, strict=True):
+        ax.plot([0, 1], [a, b], color="0.6", lw=1, zorder=1, gid="seed")
+        ax.annotate(
+            f"seed {seed}",
+            (1, b),
+            xytext=(5, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize="x-small",
+        )
+    ax.scatter(np.zeros(len(p.seeds)), p.values_a, color=color[p.a], s=16, zorder=2)
+    ax.scatter(np.ones(len(p.seeds)), p.values_b, color=color[p.b], s=16, zorder=2)
+    means = [float(np.mean(p.values_a)), float(np.mean(p.values_b))]
+    ax.plot([0, 1], means, color="black", lw=2, marker="_", ms=14, zorder=3, gid="mean")
+    ax.set_xticks([0, 1], [p.a, p.b])
+    ax.set_xlim(-0.3, 1.6)
+    ax.set_ylabel(f"L̂, {SUMMARIES[p.summary]}")
+    ax.grid(axis="y", alpha=0.3)
+    bar = "no bar: one seed" if math.isnan(p.low) else f"[{p.low:.3g}, {p.high:.3g}]"
+    ax.set_title(
+        f"{p.b} vs {p.a}, {SUMMARIES[p.summary]}\n{p.b} − {p.a} = {p.difference:.3g} {bar}",
+        fontsize="medium",
+    )
+
+
+def paired_figure(study: Study) -> Figure | None:
+    """Whole-run L̂ per seed, paired across models (a row per pair, a column per summary);
+    None without two models sharing a seed."""
+    found = study_comparisons(study)
+    if not found:
+        return None
+    rows, cols = len({(p.a, p.b) for p in found}), len(SUMMARIES)
+    size = (4.2 * cols, 3.2 * rows + 1.2)
+    fig = Figure(figsize=size, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    color = palette(study.groups)
+    for ax, p in zip(axes.flat, found, strict=True):
+        draw_paired(ax, p, color)
+    notes = [
+        "grey lines: one seed's two runs (same data order)",
+        "black: the means over seeds",
+        "in each title: the mean paired difference and its error bar",
+    ]
+    fig.suptitle(caption(study, "whole-run L̂, paired by seed", notes, size[0]), fontsize="medium")
+    return fig
+
+
 def all_figures(study: Study, stability: Stability | None) -> dict[str, Figure]:
     """Every figure the study's metrics allow, by file name."""
     figures = {layout.name: layout_figure(study, layout) for layout in LAYOUTS}
     figures["time"] = time_figure(study)
+    figures["paired"] = paired_figure(study)
     if stability is not None:
         figures["stability"] = stability_figure(study, stability)
     return {name: fig for name, fig in figures.items() if fig is not None}

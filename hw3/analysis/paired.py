@@ -15,8 +15,10 @@ import pandas as pd
 from scipy import stats
 
 from hw3.analysis.intervals import ErrorBar, bounds, t_multiplier
+from hw3.analysis.study import Study, comparable_pairs
 
 SUMMARIES = {"mean": "mean over passes", "final": "final pass"}  # how a run is summed up
+WHOLE_RUN = "smoothness/L"  # the metric a study's whole-run comparisons sum up
 SEEDS_CAP = 10_000  # beyond this many seeds, "needed" is not worth a number
 NARROWING = ("t", "se", "bootstrap")  # the bars that narrow as seeds are added
 
@@ -124,3 +126,8 @@ def comparisons(
     """Every pair on `metric`, each summed up both ways (SUMMARIES), where they share a seed."""
     found = (paired(tidy, a, b, metric, s, bar) for a, b in pairs for s in SUMMARIES)
     return [p for p in found if p is not None]
+
+
+def study_comparisons(study: Study) -> list[Paired]:
+    """The study's comparable pairs on WHOLE_RUN, each summed up both ways, with its error bar."""
+    return comparisons(study.tidy, comparable_pairs(study), WHOLE_RUN, study.errorbar)

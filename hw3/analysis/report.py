@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hw3.analysis.intervals import reciprocal, welch
+from hw3.analysis.intervals import ErrorBar, reciprocal, welch
+from hw3.analysis.paired import NARROWING, SEEDS_CAP, SUMMARIES, Paired, study_comparisons
 from hw3.analysis.stability import UNIFORM_LOSS, Stability
 from hw3.analysis.study import (
     INCIDENTAL,
@@ -214,6 +215,54 @@ def accuracy_findings(study: Study, metric: str = "test/acc") -> list[str]:
             f"it {verdict} 0."
         )
     return out
+
+
+def seeds_needed_text(p: Paired, bar: ErrorBar) -> str:
+    """How many seeds the error bar would need to exclude 0 at this effect and spread."""
+
+    def excludes(needed: int | None) -> str:
+        return f"not with up to {SEEDS_CAP:,} seeds" if needed is None else f"from {needed} seeds"
+
+    if bar.kind in NARROWING:
+        return f"at this effect and spread it would exclude 0 {excludes(p.needed)}"
+    return (
+        f"a {bar.label} does not narrow with more seeds; a 95% Student-t interval would exclude 0 "
+        f"{excludes(p.needed_t)}"
+    )
+
+
+def whole_run_sentence(p: Paired, bar: ErrorBar) -> str:
+    """One comparison of whole runs, paired by seed, in one sentence."""
+    n = len(p.seeds)
+    if n < 2:
+        interval = "no interval from a single seed"
+    else:
+        verdict = "excludes" if p.separated else "includes"
+        interval = (
+            f"{bar.label} of the paired difference [{num(p.low)}, {num(p.high)}], which "
+            f"{verdict} 0; {seeds_needed_text(p, bar)}"
+        )
+    return (
+        f"**Whole-run L̂ ({SUMMARIES[p.summary]}), {p.b} vs {p.a}, paired by seed (seeds "
+        f"{listing(list(p.seeds))}):** {p.b} − {p.a} = {num(p.difference)} (ratio "
+        f"{num(p.ratio)}; {p.b} lower at {p.lower} of {plural(n, 'seed')}), {interval}."
+    )
+
+
+def whole_run_lines(study: Study) -> list[str]:
+    """REPORT.md's section of whole-run comparisons, one sentence each (none without L̂)."""
+    found = study_comparisons(study)
+    if not found:
+        return []
+    return [
+        "## Whole runs, paired by seed",
+        "",
+        "Each run summed up in one number (L̂'s mean over its passes, or its final-pass value); "
+        "two models compared seed by seed, since a seed fixes the data order both saw.",
+        "",
+        *(f"- {whole_run_sentence(p, study.errorbar)}" for p in found),
+        "",
+    ]
 
 
 def landscape_lines(study: Study) -> list[str]:
@@ -444,6 +493,7 @@ def write_report(
         "",
         *(f"- {f}" for f in findings or ["No pair of groups to compare."]),
         "",
+        *whole_run_lines(study),
         *landscape_lines(study),
         *stability_lines(study, stability),
         "## Figures",

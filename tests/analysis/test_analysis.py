@@ -103,7 +103,7 @@ def test_figures_are_png_and_pdf(tmp_path, store):
     uri, client, exp = store
     log_grid(client, exp, ("plain", "stride"), n_seeds=2)
     outcome = run_analysis(uri, tmp_path / "out")
-    for name in ("smoothness", "curves", "time"):
+    for name in ("smoothness", "curves", "time", "paired"):
         assert (tmp_path / "out" / f"{name}.png").read_bytes().startswith(PNG)
         assert (tmp_path / "out" / f"{name}.pdf").read_bytes().startswith(PDF)
         assert (tmp_path / "out" / f"{name}.png").stat().st_size > 10_000

@@ -54,7 +54,7 @@ def test_the_smoothness_figure_has_its_panels_a_line_per_model_bars_and_eta(stor
     uri, client, exp = store
     log_grid(client, exp, MODELS)
     figures = all_figures(study_of(uri), None)
-    assert set(figures) == {"smoothness", "curves", "time"}  # no landscape metrics logged
+    assert set(figures) == {"smoothness", "curves", "time", "paired"}  # no landscape metrics
     fig = figures["smoothness"]
     assert [ax.get_title() for ax in fig.axes] == [
         "Training loss",

@@ -7,9 +7,14 @@ import math
 
 import pandas as pd
 import pytest
+from logged_runs import EXPERIMENT, history, log_run
 
+from hw3.analysis.figures import all_figures
 from hw3.analysis.intervals import ErrorBar
 from hw3.analysis.paired import comparisons, paired, seeds_needed
+from hw3.analysis.report import write_report
+from hw3.analysis.study import load_study
+from hw3.tracking.store import connect_existing
 
 L = "smoothness/L"
 
@@ -98,3 +103,82 @@ def test_pairs_without_a_common_seed_are_left_out():
     t_low, t_high = found[0].low, found[0].high
     half = 4.302652729911275 * math.sqrt(0.75) / math.sqrt(3)  # t(0.975, 2)·sd/√n
     assert (t_low, t_high) == (pytest.approx(-1.5 - half), pytest.approx(-1.5 + half))
+
+
+# L̂ per pass of two models at seeds 0, 1, 2: bn − plain is −1, −2, −3 over the passes' means
+# (mean −2, sd 1) and −2, −2, −5 at the final pass (mean −3, sd √3).
+WHOLE_RUNS = {
+    ("plain", 0): [10.0, 10.0, 10.0],
+    ("plain", 1): [11.0, 11.0, 11.0],
+    ("plain", 2): [12.0, 12.0, 12.0],
+    ("bn", 0): [9.5, 9.5, 8.0],
+    ("bn", 1): [9.0, 9.0, 9.0],
+    ("bn", 2): [10.0, 10.0, 7.0],
+}
+
+
+def log_whole_runs(client, exp) -> None:
+    """WHOLE_RUNS as training runs in the store."""
+    for (model, seed), values in WHOLE_RUNS.items():
+        log_run(client, exp, model, seed, values=history(model, seed) | {L: values})
+
+
+def test_the_report_states_each_whole_run_comparison_in_one_sentence(tmp_path, store):
+    uri, client, exp = store
+    log_whole_runs(client, exp)
+    study = load_study(
+        connect_existing(uri), EXPERIMENT, sweep_id=None, filter_string=None, errorbar=bar("t")
+    )
+    text = write_report(study, None, [], tmp_path / "REPORT.md").read_text()
+    section = text.split("## Whole runs, paired by seed")[1].split("\n## ")[0]
+    sentences = [line for line in section.splitlines() if line.startswith("- ")]
+    # mean: t(0.975, 2)·1/√3 = 2.484 around −2; 4 seeds would do (3.182/√4 = 1.591 < 2).
+    # final: t(0.975, 2)·√3/√3 = 4.303 around −3; 4 seeds would do (3.182·1.732/√4 = 2.756 < 3).
+    assert sentences == [
+        "- **Whole-run L̂ (mean over passes), bn vs plain, paired by seed (seeds 0, 1, 2):** "
+        "bn − plain = -2 (ratio 0.8182; bn lower at 3 of 3 seeds), 95% Student-t interval of "
+        "the mean of the paired difference [-4.484, 0.4841], which includes 0; at this effect "
+        "and spread it would exclude 0 from 4 seeds.",
+        "- **Whole-run L̂ (final pass), bn vs plain, paired by seed (seeds 0, 1, 2):** "
+        "bn − plain = -3 (ratio 0.7273; bn lower at 3 of 3 seeds), 95% Student-t interval of "
+        "the mean of the paired difference [-7.303, 1.303], which includes 0; at this effect "
+        "and spread it would exclude 0 from 4 seeds.",
+    ]
+
+
+def test_a_bar_that_does_not_narrow_names_the_seeds_a_t_interval_would_need(tmp_path, store):
+    uri, client, exp = store
+    log_whole_runs(client, exp)
+    study = load_study(
+        connect_existing(uri), EXPERIMENT, sweep_id=None, filter_string=None, errorbar=bar("range")
+    )
+    text = write_report(study, None, [], tmp_path / "REPORT.md").read_text()
+    assert (
+        "min–max over seeds of the paired difference [-3, -1], which excludes 0; a min–max "
+        "over seeds does not narrow with more seeds; a 95% Student-t interval would exclude 0 "
+        "from 4 seeds." in text
+    )
+
+
+def test_the_paired_figure_draws_each_seed_s_two_runs(store):
+    uri, client, exp = store
+    log_whole_runs(client, exp)
+    study = load_study(
+        connect_existing(uri), EXPERIMENT, sweep_id=None, filter_string=None, errorbar=bar("t")
+    )
+    fig = all_figures(study, None)["paired"]
+    assert [ax.get_title() for ax in fig.axes] == [
+        "bn vs plain, mean over passes\nbn − plain = -2 [-4.48, 0.484]",
+        "bn vs plain, final pass\nbn − plain = -3 [-7.3, 1.3]",
+    ]
+    assert "error bars: 95% Student-t interval of the mean" in fig.get_suptitle().replace("\n", " ")
+    means = {"plain": [10.0, 11.0, 12.0], "bn": [9.0, 9.0, 9.0]}
+    finals = {"plain": [10.0, 11.0, 12.0], "bn": [8.0, 9.0, 7.0]}
+    for ax, per_seed in zip(fig.axes, (means, finals), strict=True):
+        seeds = [line.get_ydata() for line in ax.lines if line.get_gid() == "seed"]
+        expected = zip(per_seed["plain"], per_seed["bn"], strict=True)
+        assert [list(s) for s in seeds] == [pytest.approx([a, b]) for a, b in expected]
+        (mean,) = [line for line in ax.lines if line.get_gid() == "mean"]
+        assert list(mean.get_ydata()) == pytest.approx(
+            [sum(per_seed["plain"]) / 3, sum(per_seed["bn"]) / 3]
+        )
