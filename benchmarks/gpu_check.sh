@@ -172,7 +172,7 @@ if $sweeps_only && [ -f .gpu/resume/mlflow.db ]; then
 fi
 data=$work/data
 if ! $sweeps_only; then
-    step test_cuda 90 "$PY" -m pytest -q -p no:cacheprovider tests/engine/test_cuda.py
+    HW3_CUDA_REPORT="$OUT/checks.jsonl" step test_cuda 90 "$PY" -m pytest -q -p no:cacheprovider tests/engine/test_cuda.py
     step gpu_numerics 60 "$PY" benchmarks/gpu_numerics.py --device "$DEVICE" --data-root "$data"
     step group 90 "$PY" benchmarks/group.py --device "$DEVICE" --passes 3 --data-root "$data"
 fi
