@@ -95,7 +95,7 @@ download() { # DIR PYTHON-VERSION PIP-OPTION... -- NAME...: their wheels for tha
 binary=(--implementation cp)
 for p in "${PLATFORMS[@]}"; do binary+=(--platform "$p"); done
 download "$tmp/abi3" "${PYTHONS[0]}" "${binary[@]}" --abi abi3 -- "${ABI3[@]}"
-rm -rf .gpu/wheels .gpu/wheels.tar.xz .gpu/cp3*.txt .gpu/pylib && mkdir -p "$tmp/all"
+rm -rf .gpu/wheels .gpu/wheels.tar.xz .gpu/cp3*.txt .gpu/pylib && mkdir -p .gpu "$tmp/all"
 for version in "${PYTHONS[@]}"; do
     tag=cp${version/./}
     pure=("${PURE[@]}")
