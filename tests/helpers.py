@@ -10,11 +10,14 @@ import random
 import re
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,6 +261,31 @@ def skipped(text: str) -> list[tuple[str, str]]:
     return sorted(_SKIPPED.findall(text))
 
 
+def clone_runs(db: Path, run_id: str, start_times: Iterable[int]) -> list[str]:
+    """Copies of run `run_id` (its row and its tags) in the SQLite store `db`, one per start
+    time, written by SQL: MLflow's client takes about 0.1 s a run here, too slow for a test of
+    more than a page of runs. Their ids."""
+    with sqlite3.connect(db) as con:
+        columns = [row[1] for row in con.execute("PRAGMA table_info(runs)")]
+        chosen = ", ".join("?" if c in ("run_uuid", "start_time") else c for c in columns)
+        insert = (
+            f"INSERT INTO runs ({', '.join(columns)}) SELECT {chosen} FROM runs WHERE run_uuid = ?"
+        )
+        order = [c for c in columns if c in ("run_uuid", "start_time")]
+        ids = []
+        for start in start_times:
+            new = uuid.uuid4().hex
+            given = {"run_uuid": new, "start_time": start}
+            con.execute(insert, [*(given[c] for c in order), run_id])
+            con.execute(
+                "INSERT INTO tags (key, value, run_uuid) SELECT key, value, ? FROM tags "
+                "WHERE run_uuid = ?",
+                (new, run_id),
+            )
+            ids.append(new)
+    return ids
+
+
 def runs_of(where: Path | str, experiment: str, kind: str = "train") -> list:
     """The runs of `kind` (train, sweep) in `experiment` of the store at `where`."""
     client = MlflowClient(store_uri(where))
@@ -348,6 +376,85 @@ def launched(
         yield proc
     finally:
         stop(proc)
+
+
+class Server:
+    """A real `mlflow server` on 127.0.0.1 over a SQLite store in `tmp`, stopped and restarted."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp, self.port = tmp, free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Start it and wait until GET /health answers."""
+        command = [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.tmp / 'server.db'}",
+            "--artifacts-destination",
+            str(self.tmp / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
+        # Its job-execution feature would start seven more processes on a 2-core machine.
+        env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        with open(self.tmp / "server.log", "a") as log:
+            self.proc = subprocess.Popen(
+                command, stdout=log, stderr=log, env=env, start_new_session=True
+            )
+        try:
+            wait_for("the tracking server to answer /health", self._healthy, self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _healthy(self) -> bool:
+        with urllib.request.urlopen(f"http://{self.address}/health", timeout=2):
+            return True
+
+    def stop(self) -> None:
+        """Kill it, as a crash would."""
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None
+
+    def _take_port(self) -> socket.socket:
+        """A socket listening on the server's port; raises while something still holds it."""
+        listener = socket.socket()
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", self.port))
+            listener.listen()
+        except OSError:
+            listener.close()
+            raise
+        listener.settimeout(0.5)
+        return listener
+
+    def hang_up_on_a_caller(self, sweep: subprocess.Popen) -> None:
+        """While it is down, take its port until a job calls, and hang up on that request."""
+        # Once seen on a loaded machine: the port still held just after the server was gone.
+        with wait_for("the stopped server's port to be free", self._take_port, sweep) as listener:
+
+            def accept() -> socket.socket | None:
+                with suppress(TimeoutError):
+                    return listener.accept()[0]
+                return None
+
+            wait_for("a job to call the stopped server", accept, sweep).close()
+
+    def __enter__(self) -> Server:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def logged_passes(where: Path | str, run_id: str) -> list[int]:

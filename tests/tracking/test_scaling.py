@@ -9,8 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import urllib.request
-from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -19,17 +17,16 @@ from helpers import (
     EPOCHS,
     METRICS,
     WAIT_S,
+    Server,
     alive,
     assert_complete,
     error_lines,
-    free_port,
     history_of,
     job_args,
     launched,
     run_cli,
     runs_of,
     stand_in_project,
-    stop,
     wait_for,
     write_dataset,
 )
@@ -46,85 +43,6 @@ PARALLEL = [
     "seed=0,1",
     f"trainer.epochs={EPOCHS}",
 ]
-
-
-class Server:
-    """A real `mlflow server` on 127.0.0.1 over a SQLite store in `tmp`, stopped and restarted."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp, self.port = tmp, free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        """Start it and wait until GET /health answers."""
-        command = [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{self.tmp / 'server.db'}",
-            "--artifacts-destination",
-            str(self.tmp / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--workers",
-            "1",
-        ]
-        # Its job-execution feature would start seven more processes on a 2-core machine.
-        env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-        with open(self.tmp / "server.log", "a") as log:
-            self.proc = subprocess.Popen(
-                command, stdout=log, stderr=log, env=env, start_new_session=True
-            )
-        try:
-            wait_for("the tracking server to answer /health", self._healthy, self.proc)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _healthy(self) -> bool:
-        with urllib.request.urlopen(f"http://{self.address}/health", timeout=2):
-            return True
-
-    def stop(self) -> None:
-        """Kill it, as a crash would."""
-        if self.proc is not None:
-            stop(self.proc)
-            self.proc = None
-
-    def _take_port(self) -> socket.socket:
-        """A socket listening on the server's port; raises while something still holds it."""
-        listener = socket.socket()
-        try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(("127.0.0.1", self.port))
-            listener.listen()
-        except OSError:
-            listener.close()
-            raise
-        listener.settimeout(0.5)
-        return listener
-
-    def hang_up_on_a_caller(self, sweep: subprocess.Popen) -> None:
-        """While it is down, take its port until a job calls, and hang up on that request."""
-        # Once seen on a loaded machine: the port still held just after the server was gone.
-        with wait_for("the stopped server's port to be free", self._take_port, sweep) as listener:
-
-            def accept() -> socket.socket | None:
-                with suppress(TimeoutError):
-                    return listener.accept()[0]
-                return None
-
-            wait_for("a job to call the stopped server", accept, sweep).close()
-
-    def __enter__(self) -> Server:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def points_logged(where: Path | str, experiment: str) -> int:
