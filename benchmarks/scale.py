@@ -23,6 +23,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -157,6 +158,25 @@ def new_fingerprints(model: str, seeds: range, digest: str) -> dict[int, tuple[s
     }
 
 
+def compose_ms(rounds: int = 20) -> float:
+    """Median milliseconds Hydra takes to compose one job's config of the tiny sweep, with its
+    `hydra` node, in this process (a sweep composes each job twice: Hydra's basic sweeper
+    checks every job's config before its launcher composes it again to run it)."""
+    from hydra import compose, initialize_config_dir
+
+    from hw3.tracking.schema import register
+
+    register()
+    job = ["model=plain", *SWEEP[1:]]
+    seconds = []
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        for _ in range(rounds):
+            started = time.perf_counter()
+            compose("config", overrides=job, return_hydra_config=True)
+            seconds.append(time.perf_counter() - started)
+    return 1000 * statistics.median(seconds)
+
+
 def add_copies(client: MlflowClient, experiment: str, base: list, first: int, last: int) -> None:
     """Copies first..last-1 of the base sweep's runs (copy k: seed FIRST_COPY_SEED + k)."""
     digest = base[0].data.tags["dataset_digest"]
@@ -277,11 +297,14 @@ def opened(kind: str, folder: Path, work: Path) -> Iterator[str]:
 
 
 def base_sweep_id(folder: Path) -> str:
-    """The tiny sweep's id (its parent run in `base`)."""
+    """The tiny sweep's id: its first parent run in `base` (a relaunch through a server opens
+    another: the store's URI is one of its overrides)."""
     client = MlflowClient(sqlite_uri(folder))
     experiment = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    (parent,) = client.search_runs([experiment], "tags.kind = 'sweep'", max_results=2)
-    return parent.data.tags["sweep_id"]
+    (first,) = client.search_runs(
+        [experiment], "tags.kind = 'sweep'", max_results=1, order_by=["attributes.start_time ASC"]
+    )
+    return first.data.tags["sweep_id"]
 
 
 _SKIPPED = re.compile(r"skip \S+: already FINISHED")
@@ -309,12 +332,12 @@ def measure(
 
 
 def table(
-    results: dict[str, dict[str, dict[str, Outcome]]], sizes: list[int], seeds: int
+    results: dict[str, dict[str, dict[str, Outcome]]], sizes: list[int], seeds: int, ms: float
 ) -> list[str]:
     """The markdown table: rows per measurement and store size, a column per kind of store."""
     kinds = list(results)
     base = "3 (the sweep alone)"
-    runs = {0: base} | {n: f"{n + 3:,}" for n in sizes}
+    runs = {0: base} | {n: f"{3 * (n // 3) + 3:,}" for n in sizes}
     lines = [
         "| what | runs in the experiment | " + " | ".join(KINDS[k] for k in kinds) + " |",
         "|---|---|" + "---|" * len(kinds),
@@ -345,6 +368,12 @@ def table(
             f"| skipped relaunch of {3 * seeds} jobs (seeds {FIRST_COPY_SEED}…) | "
             f"{runs[largest]} | " + " | ".join(cells) + " |"
         )
+    no_store = ["–"] * (len(kinds) - 1)
+    lines.append(
+        "| Hydra composing one job's config (median of 20, in process) | – | "
+        + " | ".join([f"{ms:.0f} ms", *no_store])
+        + " |"
+    )
     return lines
 
 
@@ -359,7 +388,7 @@ def main() -> None:
     parser.add_argument("--stores", nargs="+", choices=list(KINDS), default=list(KINDS))
     parser.add_argument("--timeout", type=float, default=600, help="seconds per command")
     parser.add_argument(
-        "--relaunch-seeds", type=int, default=50,
+        "--relaunch-seeds", type=int, default=20,
         help="also relaunch this many copies' seeds (3 jobs each) on the largest store; 0: not",
     )  # fmt: skip
     args = parser.parse_args()
@@ -380,12 +409,12 @@ def main() -> None:
             results[kind] = {}
             for n, folder in folders.items():
                 seeds = args.relaunch_seeds if n == max(sizes) else 0
-                print(f"scale: {kind}, {n + 3} runs", file=sys.stderr)
+                print(f"scale: {kind}, {3 * (n // 3) + 3} runs", file=sys.stderr)
                 with opened(kind, folder, work) as uri:
                     results[kind][n] = measure(
                         uri, cache, work, sweep_id, args.timeout, seeds=seeds
                     )
-    print("\n".join(table(results, sizes, args.relaunch_seeds)))
+    print("\n".join(table(results, sizes, args.relaunch_seeds, compose_ms())))
 
 
 if __name__ == "__main__":

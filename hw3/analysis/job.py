@@ -13,7 +13,7 @@ from omegaconf import MISSING
 
 from hw3.analysis.figures import draw_all
 from hw3.analysis.intervals import KINDS, ErrorBar
-from hw3.analysis.report import write_report, write_summary
+from hw3.analysis.report import RUNS_CSV, write_report, write_runs, write_summary
 from hw3.analysis.stability import Stability, load_stability
 from hw3.analysis.study import AnalysisError, Study, load_study
 from hw3.tracking.claim import now_ms
@@ -159,7 +159,7 @@ def analyze(
     stability = load_stability(store, study, config.reference_experiments, config.reference_lr)
     out.mkdir(parents=True, exist_ok=True)
     figures = draw_all(study, stability, out)
-    files = [*figures, write_summary(study, out / "summary.csv")]
+    files = [*figures, write_summary(study, out / "summary.csv"), write_runs(study, out / RUNS_CSV)]
     files.append(write_report(study, stability, figures, out / "REPORT.md"))
     params = {"sweep_id": sweep_id, "filter": filter_string, "selection": study.selection}
     params = {k: v for k, v in params.items() if v is not None}

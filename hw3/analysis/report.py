@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from hw3.analysis.intervals import ErrorBar, reciprocal, welch
 from hw3.analysis.paired import NARROWING, SEEDS_CAP, SUMMARIES, Paired, study_comparisons
@@ -30,6 +34,13 @@ from hw3.analysis.study import (
 LEADING = ("train/loss", "test/loss", "train/acc", "test/acc", "smoothness/L")
 # Not in the table: the mean of 1/L̂ over seeds can contradict mean L̂; 1/(mean L̂) is listed.
 UNTABLED = ("smoothness/lr_max",)
+MAX_TABLE_ROWS = 30  # a longer table of runs is summed up, each run being in RUNS_CSV
+RUNS_CSV = "runs.csv"  # every selected run, used or left out, beside REPORT.md
+RUN_COLUMNS = [
+    "run", "name", "group", "seed", "status", "used", "why", "diverged_pass", "engine_version",
+    "error",
+]  # fmt: skip
+RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")  # an MLflow run id, elided where reasons are counted
 TIMES = {
     "time/train_pass_s": "training pass",
     "time/smoothness_s": "L̂ measurement",
@@ -59,14 +70,46 @@ def cell(mean: float, low: float, high: float, n: int) -> str:
     return f"{num(mean)} (n=1)" if n < 2 else f"{num(mean)} [{num(low)}, {num(high)}] ({n})"
 
 
-def listing(values: list[int]) -> str:
-    """'0, 1, 2'."""
-    return ", ".join(map(str, values))
+def listing(values: Sequence[int]) -> str:
+    """'0, 1, 1000–1666': the values in order, three or more consecutive ones as first–last."""
+    ordered = sorted(values)
+    parts, start = [], 0
+    for i, value in enumerate(ordered):
+        if i + 1 < len(ordered) and ordered[i + 1] == value + 1:
+            continue  # the stretch from `start` goes on
+        stretch = ordered[start : i + 1]
+        parts += [f"{stretch[0]}–{value}"] if len(stretch) >= 3 else map(str, stretch)
+        start = i + 1
+    return ", ".join(parts)
 
 
 def write_summary(study: Study, path: Path) -> Path:
     """The aggregates, one row per group, pass and metric (undefined values written empty)."""
     study.summary.to_csv(path, index=False)
+    return path
+
+
+def write_runs(study: Study, path: Path) -> Path:
+    """Every selected run, used or left out (with why), one row each: RUNS_CSV."""
+    used = [(r, study.labels[r.run_id], "") for r in study.runs]
+    rows = [
+        {
+            "run": r.run_id,
+            "name": r.name,
+            "group": group,
+            "seed": r.seed,
+            "status": r.status,
+            "used": not why,
+            "why": why,
+            "diverged_pass": r.diverged_pass,
+            "engine_version": r.engine_version,
+            "error": r.error,
+        }
+        for r, group, why in [*used, *((r, r.model, why) for r, why in study.left_out)]
+    ]
+    pd.DataFrame(rows, columns=RUN_COLUMNS).astype({"diverged_pass": "Int64"}).to_csv(
+        path, index=False
+    )
     return path
 
 
@@ -425,7 +468,8 @@ def notes(study: Study) -> list[str]:
 
 
 def diverged_lines(study: Study) -> list[str]:
-    """Markdown table of the runs that diverged (they are used: a divergence is a result)."""
+    """Markdown table of the runs that diverged (they are used: a divergence is a result); past
+    MAX_TABLE_ROWS, their count per group and a link to RUNS_CSV."""
     diverged = [r for r in study.runs if r.diverged]
     if not diverged:
         return ["None."]
@@ -433,6 +477,19 @@ def diverged_lines(study: Study) -> list[str]:
         "Counted as results: their passes before the divergence are in the per-pass "
         "aggregates, whose n is smaller from that pass on.",
         "",
+    ]
+    if len(diverged) > MAX_TABLE_ROWS:
+        per_group = Counter(study.labels[r.run_id] for r in diverged)
+        return [
+            *lines,
+            f"{plural(len(diverged), 'run')} diverged (each with its pass in [{RUNS_CSV}]"
+            f"({RUNS_CSV}), column `diverged_pass`):",
+            "",
+            "| group | diverged runs |",
+            "|---|---|",
+            *(f"| {g} | {per_group[g]} |" for g in study.groups if g in per_group),
+        ]
+    lines += [
         "| run | name | group | seed | diverged at pass | status |",
         "|---|---|---|---|---|---|",
     ]
@@ -445,9 +502,20 @@ def diverged_lines(study: Study) -> list[str]:
 
 
 def left_out_lines(study: Study) -> list[str]:
-    """Markdown table of the runs left out of the aggregates, or a line saying there are none."""
+    """Markdown table of the runs left out of the aggregates, or a line saying there are none;
+    past MAX_TABLE_ROWS, their count per reason and a link to RUNS_CSV."""
     if not study.left_out:
         return ["None: every selected run is used."]
+    if len(study.left_out) > MAX_TABLE_ROWS:
+        reasons = Counter(RUN_ID.sub("…", why) for _, why in study.left_out)
+        return [
+            f"{plural(len(study.left_out), 'run')} left out (each with why in [{RUNS_CSV}]"
+            f"({RUNS_CSV}), column `why`):",
+            "",
+            "| why | runs |",
+            "|---|---|",
+            *(f"| {why} | {n} |" for why, n in reasons.most_common()),
+        ]
     lines = ["| run | name | model | seed | why | error |", "|---|---|---|---|---|---|"]
     for run, why in study.left_out:
         error = run.error.replace("|", "\\|")
@@ -481,7 +549,8 @@ def write_report(
         f"# Analysis of experiment `{study.experiment}`",
         "",
         f"Runs: `{study.selection}` in experiment {study.experiment_id}; {len(study.runs)} used, "
-        f"{len(study.left_out)} left out. Every number below is computed from the tracking store.",
+        f"{len(study.left_out)} left out (each run in [{RUNS_CSV}]({RUNS_CSV})). Every number "
+        "below is computed from the tracking store.",
         "",
         "## Groups",
         "",

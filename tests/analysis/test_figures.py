@@ -136,13 +136,13 @@ def test_the_landscape_figure_and_report_paragraph(tmp_path, store):
     report = write_report(study, None, [], tmp_path / "REPORT.md").read_text()
     # L̂: plain (10 + seed) is above bn (12, 8, 8 + seed) at passes 2 and 3 for every seed.
     assert (
-        "Per seed (seeds 0, 1, 2), L̂ of plain is above that of bn at 6 of 9 (seed, pass) "
+        "Per seed (seeds 0–2), L̂ of plain is above that of bn at 6 of 9 (seed, pass) "
         "points, and at 2 of 3 passes for every seed: the ordering does not hold at every pass "
         "across seeds (not at seed 0 pass 1, seed 1 pass 1, seed 2 pass 1)."
     ) in report
     section = report.split("## Loss landscape")[1].split("## Figures")[0]
     assert (
-        "**sharpness λ_max, plain vs bn:** Per seed (seeds 0, 1, 2), sharpness λ_max of plain is "
+        "**sharpness λ_max, plain vs bn:** Per seed (seeds 0–2), sharpness λ_max of plain is "
         "above that of bn at 9 of 9 (seed, pass) points, and at 3 of 3 passes for every seed: "
         "the ordering holds at every pass across seeds."
     ) in section

@@ -123,7 +123,7 @@ def test_diverged_runs_are_results_counted_and_listed(tmp_path, store):
     assert legend_label(study, "plain") == "plain (n=3 seeds, 1 diverged)"
     assert legend_label(study, "bn") == "bn (n=2 seeds, 1 diverged)"
     report = write_report(study, None, [], tmp_path / "REPORT.md").read_text()
-    assert "- **plain**: n = 3 seeds (0, 1, 2), 1 diverged" in report
+    assert "- **plain**: n = 3 seeds (0–2), 1 diverged" in report
     diverged = report.split("## Diverged")[1].split("## Left out")[0]
     assert f"| `{stopped}` | plain-seed2 | plain | 2 | 3 | FINISHED |" in diverged
     assert f"| `{failed}` | bn-seed1 | bn | 1 | 1 | FAILED |" in diverged

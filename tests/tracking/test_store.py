@@ -1,16 +1,24 @@
 """Which store and which paths a config means, wherever the command is launched from; reading
-a store whole: every page of a search."""
+a store whole: every page of a search, metric histories in bulk."""
 
 from __future__ import annotations
 
-import pytest
-from helpers import clone_runs, store_uri
+import math
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
+from helpers import Server, clone_runs, store_uri
+from mlflow.entities import Metric
+
+from hw3.tracking import store as store_module
 from hw3.tracking.schema import PROJECT_ROOT, resolve_path
 from hw3.tracking.store import (
+    Store,
     connect,
     experiment_id,
     find_runs,
+    metric_histories,
     resolve_uri,
 )
 from hw3.tracking.sweep import close_sweep
@@ -95,3 +103,63 @@ def test_a_sweep_of_more_jobs_than_a_page_fails_for_a_failed_job_beyond_the_firs
     assert children[-1].info.run_id == failed  # newest first: the 1,050th
     status = close_sweep(store, experiment, parent, completed=True, stale_after_s=60.0)
     assert status == "FAILED"
+
+
+@pytest.fixture(params=["sqlite", "server", "server without the bulk endpoint", "file"])
+def any_store(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Store]:
+    """A real store of each kind: SQLite and the tracking server read histories in bulk; an
+    older server (no bulk endpoint) and MLflow's file store read them run by run."""
+    # Several bulk reads per metric, and answers cut short as the server's 25,000 cuts them.
+    monkeypatch.setattr(store_module, "BULK_RUNS", 2)
+    monkeypatch.setattr(store_module, "SQL_RUNS", 2)
+    monkeypatch.setattr(store_module, "BULK_POINTS", 10)
+    if request.param == "file":
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+        yield connect(str(tmp_path / "mlruns"))  # a bare folder: MLflow's file store
+        return
+    if request.param == "sqlite":
+        yield connect(store_uri(tmp_path))
+        return
+    if request.param == "server without the bulk endpoint":
+        missing = store_module.BULK_ENDPOINT.replace("get-history-bulk", "no-such-endpoint")
+        monkeypatch.setattr(store_module, "BULK_ENDPOINT", missing)
+    with Server(tmp_path) as server:
+        yield connect(f"http://{server.address}")
+
+
+def points(history: list[Metric]) -> list[tuple[int, str, int]]:
+    """(step, value as text: NaN equals NaN, timestamp) of each point, sorted."""
+    return sorted((m.step, repr(m.value), m.timestamp) for m in history)
+
+
+@pytest.mark.slow
+def test_histories_read_in_bulk_are_every_point_of_every_run(any_store: Store):
+    experiment = experiment_id(any_store, "histories")
+    values = [0.5, math.nan, math.inf, -math.inf, 2.0]
+    logged = {}
+    for i in range(5):
+        run_id = any_store.client.create_run(experiment).info.run_id
+        metrics = [Metric("loss", v * (i + 1), 1_000 + s, s) for s, v in enumerate(values)]
+        metrics += [Metric("loss", 9.0 + i, 2_000, 1)]  # logged again (a resumed pass)
+        if i % 2:
+            metrics += [Metric("acc", 0.1 * s, 1_000 + s, s) for s in range(3)]
+        any_store.client.log_batch(run_id, metrics=metrics)
+        logged[run_id] = sorted({m.key for m in metrics})
+    # More points than one bulk answer holds: read again run by run.
+    long_run = any_store.client.create_run(experiment).info.run_id
+    cut = store_module.BULK_POINTS
+    history = [Metric("loss", float(s), s, s) for s in range(cut + 1)]
+    any_store.client.log_batch(long_run, metrics=history)
+    logged[long_run] = ["loss"]
+    found: dict[tuple[str, str], list[Metric]] = {}
+    for run_id, key, step, value, timestamp in metric_histories(any_store, logged):
+        found.setdefault((run_id, key), []).append(Metric(key, value, timestamp, step))
+    expected = {
+        (run_id, key): points(any_store.client.get_metric_history(run_id, key))
+        for run_id, keys in logged.items()
+        for key in keys
+    }
+    assert {k: points(v) for k, v in found.items()} == expected
+    assert len(expected[long_run, "loss"]) == cut + 1
