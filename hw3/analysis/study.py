@@ -25,6 +25,10 @@ UNKNOWN_VERSION = "unknown"  # the engine version of runs logged before the tag 
 TIDY = ["run", "model", "seed", "pass", "metric", "value"]
 STATS = ["n", "mean", "std", "min", "max", "low", "high"]
 SUMMARY = ["model", "pass", "metric", "n", "mean", "std", "min", "max", "errorbar", "low", "high"]
+# Run ids per search when selecting a sweep's jobs: MLflow parses a filter at about 0.2 ms per
+# id here, and SQLite binds each id as one parameter.
+IDS_PER_FILTER = 500
+SWEEPS_NAMED = 5  # sweep ids an error names when it cannot name them all (the newest)
 
 
 class AnalysisError(RuntimeError):
@@ -134,16 +138,41 @@ def sweep_jobs(
         store, experiment_id, f"tags.kind = 'sweep' and tags.sweep_id LIKE '{prefix}%'"
     )
     if not parents:
-        known = sorted(
-            {r.data.tags["sweep_id"] for r in search(store, experiment_id, "tags.kind = 'sweep'")}
-        )
         raise AnalysisError(
             f"no sweep in experiment {experiment!r} has an id starting with {prefix!r}; set "
-            f"sweep_id to one of {', '.join(known) or 'none (no sweep was logged)'} or leave it out"
+            f"sweep_id to {known_sweeps(store, experiment_id)} or leave it out"
         )
     ids = tuple(sorted({r.data.tags["sweep_id"] for r in parents}))
     jobs = {v for r in parents for k, v in r.data.tags.items() if k.startswith("job.")}
     return ids, frozenset(jobs)
+
+
+def known_sweeps(store: Store, experiment_id: str) -> str:
+    """The experiment's sweep ids as an error names them: all of them, or the newest few."""
+    newest = dict.fromkeys(  # newest first, each once (a sweep has one parent)
+        r.data.tags["sweep_id"] for r in search(store, experiment_id, "tags.kind = 'sweep'")
+    )
+    if not newest:
+        return "one of none (no sweep was logged)"
+    if len(newest) <= SWEEPS_NAMED:
+        return f"one of {', '.join(sorted(newest))}"
+    named = ", ".join(list(newest)[:SWEEPS_NAMED])
+    return f"one of the {len(newest)} sweeps' ids, the newest {named}, …"
+
+
+def select(
+    store: Store, experiment_id: str, where: str, jobs: frozenset[str], prefix: str
+) -> list[Run]:
+    """The runs that match `where` among a sweep's `jobs` or tagged with a sweep id starting
+    with `prefix` (runs logged before parents listed their jobs), selected by the store:
+    IDS_PER_FILTER job ids per search."""
+    ids = sorted(jobs)
+    found = search(store, experiment_id, f"{where} and tags.sweep_id LIKE '{prefix}%'")
+    for i in range(0, len(ids), IDS_PER_FILTER):
+        listed = ", ".join(f"'{r}'" for r in ids[i : i + IDS_PER_FILTER])
+        found += search(store, experiment_id, f"{where} and attributes.run_id IN ({listed})")
+    unique = {r.info.run_id: r for r in found}
+    return sorted(unique.values(), key=lambda r: r.info.start_time or 0, reverse=True)
 
 
 def differing(runs: Sequence[TrainRun]) -> list[str]:
@@ -338,12 +367,14 @@ def load_study(
     experiment_id = existing_experiment(store, experiment)
     where = selection(filter_string)
     described = where
-    found = [TrainRun.from_mlflow(r) for r in search(store, experiment_id, where)]
     if sweep_id:
         sweeps, jobs = sweep_jobs(store, experiment, experiment_id, sweep_id)
-        # Parents logged before they listed their jobs: the runs tagged with their id.
-        found = [r for r in found if r.run_id in jobs or r.sweep_id.startswith(sweep_id)]
+        found = [
+            TrainRun.from_mlflow(r) for r in select(store, experiment_id, where, jobs, sweep_id)
+        ]
         described += f" and the jobs of sweep {', '.join(sweeps)}"
+    else:
+        found = [TrainRun.from_mlflow(r) for r in search(store, experiment_id, where)]
     if not found:
         raise AnalysisError(f"no training runs in experiment {experiment!r} match {described!r}")
     version, runs, left_out, labels = partition(found)
