@@ -105,28 +105,32 @@ def test_a_sweep_of_more_jobs_than_a_page_fails_for_a_failed_job_beyond_the_firs
     assert status == "FAILED"
 
 
-@pytest.fixture(params=["sqlite", "server", "server without the bulk endpoint", "file"])
+BULK = {"sqlite": True, "server": True, "server without the bulk endpoint": False, "file": False}
+
+
+@pytest.fixture(params=list(BULK))
 def any_store(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Store]:
-    """A real store of each kind: SQLite and the tracking server read histories in bulk; an
-    older server (no bulk endpoint) and MLflow's file store read them run by run."""
+) -> Iterator[tuple[Store, bool]]:
+    """A real store of each kind, and whether it reads histories in bulk: SQLite and the
+    tracking server do; an older server (no bulk endpoint) and MLflow's file store read them
+    run by run."""
     # Several bulk reads per metric, and answers cut short as the server's 25,000 cuts them.
     monkeypatch.setattr(store_module, "BULK_RUNS", 2)
     monkeypatch.setattr(store_module, "SQL_RUNS", 2)
-    monkeypatch.setattr(store_module, "BULK_POINTS", 10)
+    monkeypatch.setattr(store_module, "BULK_POINTS", 13)  # two runs of 6 points fit
     if request.param == "file":
         monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-        yield connect(str(tmp_path / "mlruns"))  # a bare folder: MLflow's file store
+        yield connect(str(tmp_path / "mlruns")), False  # a bare folder: MLflow's file store
         return
     if request.param == "sqlite":
-        yield connect(store_uri(tmp_path))
+        yield connect(store_uri(tmp_path)), True
         return
     if request.param == "server without the bulk endpoint":
         missing = store_module.BULK_ENDPOINT.replace("get-history-bulk", "no-such-endpoint")
         monkeypatch.setattr(store_module, "BULK_ENDPOINT", missing)
     with Server(tmp_path) as server:
-        yield connect(f"http://{server.address}")
+        yield connect(f"http://{server.address}"), BULK[request.param]
 
 
 def points(history: list[Metric]) -> list[tuple[int, str, int]]:
@@ -135,7 +139,10 @@ def points(history: list[Metric]) -> list[tuple[int, str, int]]:
 
 
 @pytest.mark.slow
-def test_histories_read_in_bulk_are_every_point_of_every_run(any_store: Store):
+def test_histories_read_in_bulk_are_every_point_of_every_run(
+    any_store: tuple[Store, bool], monkeypatch: pytest.MonkeyPatch
+):
+    any_store, bulk = any_store
     experiment = experiment_id(any_store, "histories")
     values = [0.5, math.nan, math.inf, -math.inf, 2.0]
     logged = {}
@@ -153,9 +160,15 @@ def test_histories_read_in_bulk_are_every_point_of_every_run(any_store: Store):
     history = [Metric("loss", float(s), s, s) for s in range(cut + 1)]
     any_store.client.log_batch(long_run, metrics=history)
     logged[long_run] = ["loss"]
+    read_one: list[tuple[str, str]] = []  # the histories read run by run
+    one = any_store.client.get_metric_history
+    monkeypatch.setattr(
+        any_store.client, "get_metric_history", lambda r, k: read_one.append((r, k)) or one(r, k)
+    )
     found: dict[tuple[str, str], list[Metric]] = {}
     for run_id, key, step, value, timestamp in metric_histories(any_store, logged):
         found.setdefault((run_id, key), []).append(Metric(key, value, timestamp, step))
+    read_in_bulk = list(read_one)  # not the reads below
     expected = {
         (run_id, key): points(any_store.client.get_metric_history(run_id, key))
         for run_id, keys in logged.items()
@@ -163,3 +176,7 @@ def test_histories_read_in_bulk_are_every_point_of_every_run(any_store: Store):
     }
     assert {k: points(v) for k, v in found.items()} == expected
     assert len(expected[long_run, "loss"]) == cut + 1
+    if bulk:  # only the runs of the answer cut short are read again one by one
+        assert set(read_in_bulk) <= {(r, "loss") for r in list(logged)[-2:]}
+    else:
+        assert sorted(read_in_bulk) == sorted(expected)
