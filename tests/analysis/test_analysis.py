@@ -255,7 +255,7 @@ def test_each_analysis_is_a_run_of_its_own_time_ignored_by_the_next_analysis(tmp
     assert before <= run.info.start_time <= run.info.end_time <= now_ms()
     logged = {a.path for a in client.list_artifacts(first.run_id)}
     assert logged == {p.name for p in first.files}
-    assert {"REPORT.md", "summary.csv", "smoothness.png", "time.pdf"} <= logged
+    assert {"REPORT.md", "summary.csv", "runs.csv", "smoothness.png", "time.pdf"} <= logged
     second = run_analysis(uri, tmp_path / "b")
     assert [r.run_id for r in second.study.runs] == [r.run_id for r in first.study.runs]
     assert (tmp_path / "a" / "summary.csv").read_text() == (
