@@ -58,6 +58,14 @@ def test_a_sweep_of_more_jobs_than_one_filter_lists_selects_every_job_and_the_fi
     assert sorted(r.seed for r in study_of(uri, sweep[:6]).runs) == [0, 1, 2, 3, 4, 9]
     only_fast = study_of(uri, sweep[:6], "params.`optimizer.lr` = '0.1'")
     assert [r.seed for r in only_fast.runs] == [4]
+    with pytest.raises(AnalysisError) as err:  # a filter that matches none of its jobs
+        study_of(uri, sweep[:6], "params.`optimizer.lr` = '9'")
+    assert str(err.value) == (
+        f"no training runs in experiment '{EXPERIMENT}' match \"tags.kind = 'train' and "
+        f"params.`optimizer.lr` = '9' and the jobs of sweep {sweep}\""
+    )
+    with pytest.raises(AnalysisError, match=r"^cannot select runs with .*: [^\n]*$"):
+        study_of(uri, sweep[:6], "params.x == 3")
     assert sorted(r.seed for r in study_of(uri).runs) == [0, 1, 2, 3, 4, 7, 9]
 
 
