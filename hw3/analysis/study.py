@@ -164,10 +164,11 @@ def select(
     store: Store, experiment_id: str, where: str, jobs: frozenset[str], prefix: str
 ) -> list[Run]:
     """The runs that match `where` among a sweep's `jobs` or tagged with a sweep id starting
-    with `prefix` (runs logged before parents listed their jobs), selected by the store:
-    IDS_PER_FILTER job ids per search."""
-    ids = sorted(jobs)
+    with `prefix`, selected by the store: first by that tag (the runs the sweep last ran, and
+    those logged before parents listed their jobs), then the other jobs (run by an earlier
+    sweep) by id, IDS_PER_FILTER per search."""
     found = search(store, experiment_id, f"{where} and tags.sweep_id LIKE '{prefix}%'")
+    ids = sorted(jobs - {r.info.run_id for r in found})
     for i in range(0, len(ids), IDS_PER_FILTER):
         listed = ", ".join(f"'{r}'" for r in ids[i : i + IDS_PER_FILTER])
         found += search(store, experiment_id, f"{where} and attributes.run_id IN ({listed})")
