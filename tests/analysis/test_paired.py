@@ -135,11 +135,11 @@ def test_the_report_states_each_whole_run_comparison_in_one_sentence(tmp_path, s
     # mean: t(0.975, 2)·1/√3 = 2.484 around −2; 4 seeds would do (3.182/√4 = 1.591 < 2).
     # final: t(0.975, 2)·√3/√3 = 4.303 around −3; 4 seeds would do (3.182·1.732/√4 = 2.756 < 3).
     assert sentences == [
-        "- **Whole-run L̂ (mean over passes), bn vs plain, paired by seed (seeds 0, 1, 2):** "
+        "- **Whole-run L̂ (mean over passes), bn vs plain, paired by seed (seeds 0–2):** "
         "bn − plain = -2 (ratio 0.8182; bn lower at 3 of 3 seeds), 95% Student-t interval of "
         "the mean of the paired difference [-4.484, 0.4841], which includes 0; at this effect "
         "and spread it would exclude 0 from 4 seeds.",
-        "- **Whole-run L̂ (final pass), bn vs plain, paired by seed (seeds 0, 1, 2):** "
+        "- **Whole-run L̂ (final pass), bn vs plain, paired by seed (seeds 0–2):** "
         "bn − plain = -3 (ratio 0.7273; bn lower at 3 of 3 seeds), 95% Student-t interval of "
         "the mean of the paired difference [-7.303, 1.303], which includes 0; at this effect "
         "and spread it would exclude 0 from 4 seeds.",
