@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 import hw3.tracking.training
-from hw3.engine.data import raw_dir
+from hw3.engine.files import raw_dir
 from hw3.tracking.claim import Claim
 from hw3.tracking.job import RunFailed, open_job, run_job
 from hw3.tracking.store import (
