@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from mlflow.exceptions import MlflowException
 
-from hw3.engine.data import OFFICIAL_MD5, FashionMNIST, read_fashion_mnist
+from hw3.engine.data import FashionMNIST, read_fashion_mnist
 from hw3.engine.device import DeviceError, resolve_device
-from hw3.engine.files import DataError, DatasetFiles
+from hw3.engine.files import OFFICIAL_MD5, DataError, DatasetFiles
 from hw3.engine.train import (
     Diverged,
     Measurement,
