@@ -6,19 +6,22 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from hw3.analysis import job as analysis_job
-from hw3.analysis.study import AnalysisError
+from hw3.analysis import config
 from hw3.tracking.cli import fail, main_with_one_line_errors
 from hw3.tracking.schema import register, resolve_path
-from hw3.tracking.store import TrackingError
 
 register()
-analysis_job.register()
+config.register()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
 def main(cfg: DictConfig) -> None:
     """Regenerate the figures and the report of one experiment from the store."""
+    # Imported here: --help and --cfg job need neither MLflow nor pandas nor matplotlib.
+    from hw3.analysis import job as analysis_job
+    from hw3.analysis.study import AnalysisError
+    from hw3.tracking.store import TrackingError
+
     try:
         analysis_job.analyze(
             cfg.tracking.uri,

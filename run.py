@@ -6,7 +6,6 @@ import hydra
 from omegaconf import DictConfig
 
 from hw3.tracking.cli import fail, main_with_one_line_errors
-from hw3.tracking.job import JobSpec, RunFailed, run_job
 from hw3.tracking.schema import register
 
 register()
@@ -15,6 +14,9 @@ register()
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     """Train one configuration into its MLflow run (skipped or resumed as appropriate)."""
+    # Imported here: --help and --cfg job need neither MLflow nor torch.
+    from hw3.tracking.job import JobSpec, RunFailed, run_job
+
     job = JobSpec.from_hydra(cfg)
     try:
         run_job(job.cfg, overrides=job.overrides, hydra_dir=job.hydra_dir)

@@ -87,3 +87,27 @@ def test_landscape_benchmark_measures_what_the_engine_logs(data_root: Path):
     assert all(r["direction_1_as_K1"] is True for r in measured)
     for r in measured:  # 1 + K·|scales ∪ {1}| full-gradient passes
         assert r["full_gradient_passes"] == 1 + r["directions"] * len(set(r["scales"]) | {1.0})
+
+
+def test_cli_benchmark_holds_each_command_to_its_reference(data_root: Path):
+    done = run_cli(
+        "benchmarks/cli.py", "--repeats", "1", "--train-size", "64", "--test-size", "64",
+        "--data-root", str(data_root), timeout=1800,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]  # it fails if a relaunch trains anything
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert "| relaunch | ≤ 1.3× + 1 s | " in done.stdout  # the table
+    for clock in ("wall", "cpu"):
+        figures = result[clock]
+        ref = figures["references"]
+        assert figures["relaunch_bound"] == pytest.approx(
+            ref["bare_multirun"] + ref["store_search"], abs=0.02
+        )
+        bounds = {"help": ref["bare_help"], "cfg": ref["bare_help"], "analyze": 5.0}
+        bounds["relaunch"] = figures["relaunch_bound"]
+        for command, bound in bounds.items():
+            row = figures[f"after:{command}"]
+            assert row["s"] > 0
+            assert row["ratio"] == pytest.approx(row["s"] / bound, rel=0.05, abs=0.05)
+    assert 0 < result["first_line_s"] < 300
+    assert result["peak_mib"]["bare_help"] > 0

@@ -13,10 +13,11 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from hw3.analysis import config as analysis_config
 from hw3.analysis import job as analysis_job
 from hw3.tracking.schema import PROJECT_ROOT, validate
 
-analysis_job.register()
+analysis_config.register()
 
 PAGES = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
 ENTRY_POINTS = {"run.py": "config", "analyze.py": "analyze"}

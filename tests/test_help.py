@@ -8,10 +8,10 @@ import string
 import pytest
 from helpers import run_cli
 
-from hw3.analysis import job as analysis_job
+from hw3.analysis import config as analysis_config
 from hw3.tracking.schema import PROJECT_ROOT
 
-analysis_job.register()
+analysis_config.register()
 
 PRESETS = sorted(p.stem for p in (PROJECT_ROOT / "conf" / "experiment").glob("*.yaml"))
 ENTRY_POINTS = {"run.py": "config", "analyze.py": "analyze"}

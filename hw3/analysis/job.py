@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
-
+from hw3.analysis.config import AnalyzeConfig
 from hw3.analysis.figures import draw_all
 from hw3.analysis.intervals import KINDS, ErrorBar
 from hw3.analysis.report import RUNS_CSV, write_report, write_runs, write_summary
 from hw3.analysis.stability import Stability, load_stability
 from hw3.analysis.study import AnalysisError, Study, load_study
 from hw3.tracking.claim import now_ms
-from hw3.tracking.schema import Config
 from hw3.tracking.store import (
     Store,
     connect_existing,
@@ -27,35 +24,6 @@ from hw3.tracking.store import (
 )
 
 log = logging.getLogger("hw3")
-
-
-@dataclass
-class BootstrapConfig:
-    """errorbar=bootstrap: how many resamples, drawn with which seed."""
-
-    resamples: int = MISSING
-    seed: int = MISSING
-
-
-@dataclass
-class StabilityConfig:
-    """Where the stability analysis takes L̂ at a reference learning rate from."""
-
-    reference_experiments: list[str] = MISSING
-    reference_lr: float = MISSING
-
-
-@dataclass
-class AnalyzeConfig(Config):
-    """The run config plus what to analyse and where to write it (conf/analyze.yaml)."""
-
-    out: str = MISSING
-    sweep_id: str | None = MISSING
-    filter: str | None = MISSING
-    errorbar: str = MISSING
-    confidence: float = MISSING
-    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
-    stability: StabilityConfig = field(default_factory=StabilityConfig)
 
 
 @dataclass(frozen=True)
@@ -94,11 +62,6 @@ def raw_override(overrides: Sequence[str], key: str) -> str | None:
                 value = value[1:-1]
             return None if value == "null" else value
     return None
-
-
-def register() -> None:
-    """Register the schema that conf/analyze.yaml puts over the run config's."""
-    ConfigStore.instance().store(name="analyze_schema", node=AnalyzeConfig)
 
 
 @dataclass(frozen=True)

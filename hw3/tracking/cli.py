@@ -15,7 +15,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, HydraException
 from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
-from submitit.core.utils import FailedJobError, UncompletedJobError
 
 log = logging.getLogger("hw3")
 HINT = "(python run.py --help lists the groups; --cfg job prints the composed config)"
@@ -54,8 +53,19 @@ def one_line(err: BaseException) -> str:
     return f"{text} {HINT}"
 
 
-def slurm_failure(err: UncompletedJobError) -> str:
-    """submitit's multi-line error (sbatch refused the jobs, or a job died) as one line."""
+def slurm_failure(err: RuntimeError) -> str | None:
+    """submitit's multi-line error (no srun here, sbatch refused the jobs, or a job died) as one
+    line; None for an error that is not submitit's."""
+    # Imported only here: the other launchers never load submitit.
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    if str(err).startswith('Could not detect "srun"'):
+        return (
+            "no srun here: hydra/launcher=slurm submits from a machine with Slurm's commands "
+            "(a local cluster to try it on: sudo scripts/slurm-local up)"
+        )
+    if not isinstance(err, UncompletedJobError):
+        return None
     text = str(err).strip()
     if isinstance(err.__cause__, subprocess.CalledProcessError):  # sbatch's own reasons
         reasons = "; ".join(line.removeprefix("sbatch: error: ") for line in text.splitlines())
@@ -105,16 +115,11 @@ def main_with_one_line_errors(main: Callable[[], None]) -> None:
         lines = str(err).splitlines() or [type(err).__name__]
         why = next((line for line in lines if "exit code" in line), lines[0]).rstrip(".")
         exit_with(f"a sweep job's process died ({why}) and the sweep stopped; {RELAUNCH}")
-    except UncompletedJobError as err:  # hydra/launcher=slurm: sbatch refused, or a job died
-        exit_with(slurm_failure(err))
     except ValueError as err:  # Hydra's own check of its flags, e.g. `-m --cfg job`
         if not str(err).startswith("Only one of --run"):
             raise
         exit_with(f"{err}: give one (--cfg job prints the composed config, -m launches a sweep)")
-    except RuntimeError as err:  # submitit, where Slurm's commands are missing
-        if not str(err).startswith('Could not detect "srun"'):
+    except RuntimeError as err:  # submitit's, for hydra/launcher=slurm
+        if (message := slurm_failure(err)) is None:
             raise
-        exit_with(
-            "no srun here: hydra/launcher=slurm submits from a machine with Slurm's commands "
-            "(a local cluster to try it on: sudo scripts/slurm-local up)"
-        )
+        exit_with(message)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from hw3.tracking.job import JobSpec, job_name, open_job, train_jobs
+from hw3.tracking.job import JobSpec, job_name, open_job
 from hw3.tracking.schema import Config, flatten, resolve_path
 from hw3.tracking.store import fingerprint
 
@@ -60,6 +60,8 @@ def run_group(specs: Sequence[JobSpec]) -> list[Exception | None]:
             if job is not None:
                 opened[i] = job
         if opened:
+            from hw3.tracking.training import train_jobs  # torch: only when some job trains
+
             try:
                 failures: Sequence[Exception | None] = train_jobs(list(opened.values()))
             except Exception as err:  # every run is FAILED and resumes when relaunched

@@ -22,6 +22,7 @@ from logged_runs import (
 from omegaconf import OmegaConf
 from scipy import stats
 
+from hw3.analysis import config as analysis_config
 from hw3.analysis import job as analysis_job
 from hw3.analysis.intervals import ErrorBar
 from hw3.analysis.job import Settings, analyze
@@ -30,7 +31,7 @@ from hw3.analysis.study import AnalysisError, Study, load_study
 from hw3.tracking.claim import now_ms
 from hw3.tracking.store import TrackingError, connect_existing
 
-analysis_job.register()
+analysis_config.register()
 
 PNG, PDF = b"\x89PNG\r\n\x1a\n", b"%PDF-"
 

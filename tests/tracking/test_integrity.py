@@ -102,7 +102,8 @@ def test_an_engine_change_reruns_and_other_changes_do_not(tmp_path, tiny_root, p
     training = project_copy / "hw3" / "engine" / "train.py"
     edit(training, '"""Train one run of `model`', '"""Train (reworded) one run of `model`')
     edit(training, "    dev = resolve_device", "    # a new comment\n    dev = resolve_device")
-    edit(project_copy / "hw3" / "tracking" / "job.py", "PROGRESS = (", "PROGRESS = (  # shown\n")
+    tracking = project_copy / "hw3" / "tracking" / "training.py"
+    edit(tracking, "PROGRESS = (", "PROGRESS = (  # shown\n")
     same = run_copy(project_copy, *args)
     assert same.returncode == 0, same.stderr[-3000:]
     assert output(same).count("already FINISHED") == 2

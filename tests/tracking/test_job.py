@@ -12,7 +12,7 @@ from helpers import EPOCHS, config_args, history_of, runs_of, store_uri, untimed
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-import hw3.tracking.job
+import hw3.tracking.training
 from hw3.engine.files import raw_dir
 from hw3.tracking.claim import Claim
 from hw3.tracking.job import RunFailed, open_job, run_job
@@ -35,7 +35,7 @@ class StoreLost(ConnectionError):
 def lose_the_logging_of_pass(n: int, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """Make the store go away, once, while a job logs its pass `n`: the pass's metrics (saved in
     its checkpoint before) are put in the list returned."""
-    log_values, lost = hw3.tracking.job.log_values, []
+    log_values, lost = hw3.tracking.training.log_values, []
 
     def lose_pass(store, run_id, **values) -> None:
         if values.get("step") == n and values.get("metrics") and not lost:
@@ -43,7 +43,7 @@ def lose_the_logging_of_pass(n: int, monkeypatch: pytest.MonkeyPatch) -> list[di
             raise StoreLost(f"the store went away while pass {n} was logged")
         log_values(store, run_id, **values)
 
-    monkeypatch.setattr(hw3.tracking.job, "log_values", lose_pass)
+    monkeypatch.setattr(hw3.tracking.training, "log_values", lose_pass)
     return lost
 
 
