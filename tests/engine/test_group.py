@@ -62,10 +62,18 @@ def test_each_member_gets_the_bits_it_gets_alone(data: FashionMNIST):
 
 
 def test_a_diverging_member_stops_alone(data: FashionMNIST):
-    exploding = dataclasses.replace(BASE, seed=5, lr=1e12, momentum=0.0)
-    members = [Member(MEMBERS[0]), Member(exploding), Member(MEMBERS[1])]
+    # Momentum 100 makes the steps grow geometrically: finite through pass 1, then non-finite
+    # weights in pass 2, so the passes before the divergence are there to be logged.
+    exploding = dataclasses.replace(BASE, seed=5, momentum=100.0)
+    logged: list[int] = []
+    members = [
+        Member(MEMBERS[0]),
+        Member(exploding, lambda epoch, metrics: logged.append(epoch)),
+        Member(MEMBERS[1]),
+    ]
     first, diverged, last = train_group(data, members, device="cpu", deterministic=True)
-    assert isinstance(diverged, Diverged) and diverged.epoch == 1
+    assert isinstance(diverged, Diverged) and diverged.epoch == 2
+    assert logged == [1]
     with pytest.raises(Diverged) as alone_error:
         alone(data, exploding)
     assert str(diverged) == str(alone_error.value)
