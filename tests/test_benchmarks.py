@@ -9,7 +9,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from helpers import real_data_location, run_cli
+from helpers import real_data_location, run_cli, without_real_data
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A root from which the benchmarks find the official files."""
     location = real_data_location(tmp_path_factory.mktemp("real"))
     if location is None:
-        pytest.skip("FashionMNIST is not on this machine")
+        without_real_data("FashionMNIST is not on this machine")
     return location[0]
 
 

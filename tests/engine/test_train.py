@@ -18,6 +18,7 @@ from helpers import (
     model_params,
     real_data_location,
     synthetic_data,
+    without_real_data,
 )
 
 import hw3.engine.train
@@ -321,7 +322,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> FashionMNIST:
     """The whole official dataset, MD5-verified, loaded once."""
     location = real_data_location(tmp_path_factory.mktemp("real"))
     if location is None:
-        pytest.skip(f"FashionMNIST not in {SYSTEM_DIR} nor {PROJECT_DATA}")
+        without_real_data(f"FashionMNIST not in {SYSTEM_DIR} nor {PROJECT_DATA}")
     root, system_dir = location
     try:
         return load_fashion_mnist(
