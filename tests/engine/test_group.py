@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from helpers import L_HAT, synthetic_data
+from helpers import L_HAT, Interrupt, synthetic_data, untimed
 
 from hw3.engine.data import FashionMNIST
 from hw3.engine.train import Diverged, Member, Metrics, Settings, train, train_group
@@ -34,10 +34,6 @@ MEMBERS = [
 ]
 
 
-class Interrupt(Exception):
-    """Raised by a callback, as a kill would stop the process between passes."""
-
-
 @pytest.fixture(scope="module")
 def data() -> FashionMNIST:
     return synthetic_data(n_train=200, n_test=64, seed=4)
@@ -47,10 +43,6 @@ def alone(data: FashionMNIST, s: Settings) -> list[Metrics]:
     """The run trained by itself through the single-run API."""
     fields = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
     return train(data, **fields, device="cpu", deterministic=True)
-
-
-def untimed(history: list[Metrics]) -> list[Metrics]:
-    return [{k: v for k, v in m.items() if not k.startswith("time/")} for m in history]
 
 
 @pytest.mark.slow
