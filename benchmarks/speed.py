@@ -390,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         "hw3_pass_s": [round(sum(m[f"time/{t}"] for t in TIMES), 3) for m in runs["hw3"][0]],
         "ratio": round(statistics.median(ratios), 2),
         "round_ratios": [round(x, 2) for x in ratios],
+        "round_pass_s": {name: [round(m["pass_s"], 4) for m in ms] for name, ms in means.items()},
         "max_abs_diff": {
             k: float(f"{v:.3g}")
             for k, v in max_abs_diff(runs["reference"][0], runs["hw3"][0]).items()

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import gzip
 import hashlib
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import sqlite3
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -21,13 +25,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 import torch
 import yaml
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from sqlalchemy.exc import SQLAlchemyError
 
 from hw3.engine.data import FashionMNIST, Split
 from hw3.engine.files import SYSTEM_DIR, raw_dir
@@ -76,6 +82,10 @@ WAIT_S = 300  # the longest any one step of a test may wait for a process or a s
 EPOCHS = 3  # passes of the tests' CLI runs
 CONFIGS = ["bn-seed0", "bn-seed1", "plain-seed0", "plain-seed1"]  # a plain,bn × seeds 0,1 sweep
 T = TypeVar("T")
+# What a probe of a process's progress may raise while the store or file it reads is not there
+# yet or is restarting (requests' connection errors are OSErrors; SQLite's, SQLAlchemy errors).
+NOT_YET = (OSError, MlflowException, SQLAlchemyError)
+H = TypeVar("H", dict[str, list[tuple[int, float]]], list[dict[str, float]])
 
 
 # --- tiny datasets ------------------------------------------------------------------------------
@@ -178,6 +188,13 @@ def real_data_location(tmp_root: Path) -> tuple[Path, Path | None] | None:
     return None
 
 
+def without_real_data(reason: str) -> NoReturn:
+    """Skip a test that needs the official files; fail it where $HW3_REQUIRE_DATA=1 (CI)."""
+    if os.environ.get("HW3_REQUIRE_DATA") == "1":
+        pytest.fail(f"{reason}, and HW3_REQUIRE_DATA=1 asks for them")
+    pytest.skip(reason)
+
+
 # --- the command line ---------------------------------------------------------------------------
 
 
@@ -202,16 +219,18 @@ def run_cli(
     *args: str,
     env: dict[str, str] | None = None,
     timeout: int = 300,
-    cwd: Path = PROJECT_ROOT,
+    cwd: Path | None = None,
+    project: Path = PROJECT_ROOT,
 ) -> subprocess.CompletedProcess:
-    """Run `python <script> args…` (from the project root unless `cwd`)."""
+    """Run `python <project>/<script> args…` (from the project's root unless `cwd`); `project`
+    is this checkout unless a test runs a copy of it."""
     return subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / script), *args],
+        [sys.executable, str(project / script), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=cli_env(env),
-        cwd=cwd,
+        cwd=cwd or project,
     )
 
 
@@ -220,16 +239,37 @@ def store_uri(where: Path | str) -> str:
     return f"sqlite:///{where / 'mlflow.db'}" if isinstance(where, Path) else where
 
 
+@functools.cache
+def empty_store() -> Path:
+    """An empty SQLite store with MLflow's whole schema, made once per test process."""
+    folder = Path(tempfile.mkdtemp(prefix="hw3-empty-store-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    MlflowClient(store_uri(folder)).search_experiments(max_results=1)  # migrates it
+    return folder / "mlflow.db"
+
+
+def seeded_store(tmp: Path) -> str:
+    """The URI of the store in folder `tmp`, a copy of `empty_store` if it has none yet: a
+    schema copied in milliseconds instead of migrated in a second or more. (A test of how a
+    new store is created passes its own `uri` instead.)"""
+    db = tmp / "mlflow.db"
+    if not db.exists():
+        tmp.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(empty_store(), db)
+    return store_uri(tmp)
+
+
 def config_args(
     tmp: Path, root: Path, experiment: str, *extra: str, uri: str | None = None
 ) -> list[str]:
-    """Config overrides that keep what a job writes inside `tmp` (its store too, unless `uri`)."""
+    """Config overrides that keep what a job writes inside `tmp` (its store too, seeded by
+    `seeded_store`, unless `uri`)."""
     return [
         f"data.root={root}",
         "data.verify=false",
         "trainer.device=cpu",
         f"trainer.checkpoint_dir={tmp / 'ckpt'}",
-        f"tracking.uri={uri or store_uri(tmp)}",
+        f"tracking.uri={uri or seeded_store(tmp)}",
         f"tracking.experiment={experiment}",
         *extra,
     ]
@@ -287,10 +327,11 @@ def clone_runs(db: Path, run_id: str, start_times: Iterable[int]) -> list[str]:
 
 
 def runs_of(where: Path | str, experiment: str, kind: str = "train") -> list:
-    """The runs of `kind` (train, sweep) in `experiment` of the store at `where`."""
+    """The runs of `kind` (train, sweep) in `experiment` of the store at `where` (none while
+    the experiment does not exist)."""
     client = MlflowClient(store_uri(where))
     exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id], f"tags.kind = '{kind}'")
+    return [] if exp is None else client.search_runs([exp.experiment_id], f"tags.kind = '{kind}'")
 
 
 def history_of(where: Path | str, run_id: str) -> dict[str, list[tuple[int, float]]]:
@@ -302,9 +343,18 @@ def history_of(where: Path | str, run_id: str) -> dict[str, list[tuple[int, floa
     }
 
 
-def untimed(history: dict[str, list[tuple[int, float]]]) -> dict[str, list[tuple[int, float]]]:
-    """A `history_of` without the wall-clock `time/*` metrics: what reruns reproduce bit for bit."""
-    return {k: points for k, points in history.items() if not k.startswith("time/")}
+def untimed(history: H) -> H:
+    """A history without the wall-clock `time/*` metrics: what reruns reproduce bit for bit.
+
+    Either a store's (`history_of`: metric → points) or the engine's (a dict of metrics per pass).
+    """
+    if isinstance(history, dict):
+        return {k: v for k, v in history.items() if not k.startswith("time/")}
+    return [untimed(metrics) for metrics in history]
+
+
+class Interrupt(Exception):
+    """Raised by an `on_pass_end` callback to stop training between passes, as a kill would."""
 
 
 # --- processes ----------------------------------------------------------------------------------
@@ -313,14 +363,15 @@ def untimed(history: dict[str, list[tuple[int, float]]]) -> dict[str, list[tuple
 def wait_for(what: str, probe: Callable[[], T], proc: subprocess.Popen | None = None) -> T:
     """Poll `probe` until it returns something truthy; fail naming `what` if `proc` ends first.
 
-    A probe that raises (a store not created yet, a server restarting) counts as not yet.
+    A probe that raises NOT_YET (a store not created yet, a server restarting, a file not
+    written yet) counts as not yet; any other error is a broken probe and fails at once.
     """
     deadline, last = time.monotonic() + WAIT_S, None
     while True:
         try:
             if result := probe():
                 return result
-        except Exception as err:
+        except NOT_YET as err:
             last = err
         if proc is not None and proc.poll() is not None:
             pytest.fail(f"{what}: the process ended first (exit {proc.returncode}; {last!r})")
@@ -359,16 +410,20 @@ def stop(proc: subprocess.Popen) -> None:
 
 @contextmanager
 def launched(
-    args: list[str], tmp: Path, env: dict[str, str] | None = None, name: str = "launcher"
+    args: list[str],
+    tmp: Path,
+    env: dict[str, str] | None = None,
+    name: str = "launcher",
+    project: Path = PROJECT_ROOT,
 ) -> Iterator[subprocess.Popen]:
-    """`python run.py args` in its own process group, output in tmp/<name>.{out,err}; killed
-    with its group when the block ends."""
+    """`python run.py args` (of `project`) in its own process group, output in
+    tmp/<name>.{out,err}; killed with its group when the block ends."""
     with open(tmp / f"{name}.out", "w") as out, open(tmp / f"{name}.err", "w") as err:
         proc = subprocess.Popen(
-            [sys.executable, str(PROJECT_ROOT / "run.py"), *args],
+            [sys.executable, str(project / "run.py"), *args],
             stdout=out,
             stderr=err,
-            cwd=PROJECT_ROOT,
+            cwd=project,
             env=cli_env(env),
             start_new_session=True,
         )

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
+from helpers import empty_store, seeded_store
 from logged_runs import EXPERIMENT
 from mlflow.tracking import MlflowClient
 
 
 @pytest.fixture(scope="session")
-def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def empty_db() -> Path:
     """A SQLite store with MLflow's schema, made once: creating the schema takes seconds."""
-    db = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{db}").search_experiments()
-    return db
+    return empty_store()
 
 
 @pytest.fixture
-def store(tmp_path: Path, empty_db: Path) -> tuple[str, MlflowClient, str]:
+def store(tmp_path: Path) -> tuple[str, MlflowClient, str]:
     """An empty SQLite store with experiment EXPERIMENT: (uri, client, experiment id)."""
-    uri = f"sqlite:///{shutil.copy(empty_db, tmp_path / 'mlflow.db')}"
+    uri = seeded_store(tmp_path)
     client = MlflowClient(uri)
     exp = client.create_experiment(EXPERIMENT, (tmp_path / "artifacts").as_uri())
     return uri, client, exp

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from helpers import L_HAT, synthetic_data
+from helpers import L_HAT, Interrupt, synthetic_data, untimed
 
 from hw3.engine.data import FashionMNIST
 from hw3.engine.train import Diverged, Member, Metrics, Settings, train, train_group
@@ -34,10 +34,6 @@ MEMBERS = [
 ]
 
 
-class Interrupt(Exception):
-    """Raised by a callback, as a kill would stop the process between passes."""
-
-
 @pytest.fixture(scope="module")
 def data() -> FashionMNIST:
     return synthetic_data(n_train=200, n_test=64, seed=4)
@@ -49,10 +45,6 @@ def alone(data: FashionMNIST, s: Settings) -> list[Metrics]:
     return train(data, **fields, device="cpu", deterministic=True)
 
 
-def untimed(history: list[Metrics]) -> list[Metrics]:
-    return [{k: v for k, v in m.items() if not k.startswith("time/")} for m in history]
-
-
 @pytest.mark.slow
 def test_each_member_gets_the_bits_it_gets_alone(data: FashionMNIST):
     together = train_group(data, [Member(s) for s in MEMBERS], device="cpu", deterministic=True)
@@ -62,10 +54,18 @@ def test_each_member_gets_the_bits_it_gets_alone(data: FashionMNIST):
 
 
 def test_a_diverging_member_stops_alone(data: FashionMNIST):
-    exploding = dataclasses.replace(BASE, seed=5, lr=1e12, momentum=0.0)
-    members = [Member(MEMBERS[0]), Member(exploding), Member(MEMBERS[1])]
+    # Momentum 100 makes the steps grow geometrically: finite through pass 1, then non-finite
+    # weights in pass 2, so the passes before the divergence are there to be logged.
+    exploding = dataclasses.replace(BASE, seed=5, momentum=100.0)
+    logged: list[int] = []
+    members = [
+        Member(MEMBERS[0]),
+        Member(exploding, lambda epoch, metrics: logged.append(epoch)),
+        Member(MEMBERS[1]),
+    ]
     first, diverged, last = train_group(data, members, device="cpu", deterministic=True)
-    assert isinstance(diverged, Diverged) and diverged.epoch == 1
+    assert isinstance(diverged, Diverged) and diverged.epoch == 2
+    assert logged == [1]
     with pytest.raises(Diverged) as alone_error:
         alone(data, exploding)
     assert str(diverged) == str(alone_error.value)

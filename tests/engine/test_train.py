@@ -15,9 +15,12 @@ from helpers import (
     L_HAT,
     PROJECT_DATA,
     SMOOTHNESS_METRICS,
+    Interrupt,
     model_params,
     real_data_location,
     synthetic_data,
+    untimed,
+    without_real_data,
 )
 
 import hw3.engine.train
@@ -33,10 +36,6 @@ FIT_KEYS = ("train/loss", "train/loss_running", "train/acc", "test/loss", "test/
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Interrupt(Exception):
-    """Raised by a callback to stop a run between passes, as a kill would."""
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +62,6 @@ def run(data: FashionMNIST, **overrides) -> list[Metrics]:
     }
     options |= overrides
     return train(data, **options, model_params=model_params(options["model"]))
-
-
-def untimed(history: list[Metrics]) -> list[Metrics]:
-    """The history without the wall-clock `time/*` metrics."""
-    return [{k: v for k, v in m.items() if not k.startswith("time/")} for m in history]
 
 
 def test_same_seed_same_metrics(data: FashionMNIST):
@@ -321,7 +315,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> FashionMNIST:
     """The whole official dataset, MD5-verified, loaded once."""
     location = real_data_location(tmp_path_factory.mktemp("real"))
     if location is None:
-        pytest.skip(f"FashionMNIST not in {SYSTEM_DIR} nor {PROJECT_DATA}")
+        without_real_data(f"FashionMNIST not in {SYSTEM_DIR} nor {PROJECT_DATA}")
     root, system_dir = location
     try:
         return load_fashion_mnist(

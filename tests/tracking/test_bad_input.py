@@ -9,7 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import error_lines, free_port, job_args, real_data_location, run_cli, store_uri
+from helpers import (
+    error_lines,
+    free_port,
+    job_args,
+    real_data_location,
+    run_cli,
+    store_uri,
+    without_real_data,
+)
 from mlflow.tracking import MlflowClient
 
 from hw3.engine.files import OFFICIAL_MD5, raw_dir, resolve
@@ -141,7 +149,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> dict:
 @pytest.mark.parametrize("name", CASES)
 def test_bad_input_is_one_line_and_leaves_the_store_intact(outcomes, name):
     if outcomes[name] is None:
-        pytest.skip("the official FashionMNIST files are not on this machine")
+        without_real_data("the official FashionMNIST files are not on this machine")
     case, (tmp, result) = CASES[name], outcomes[name]
     assert result.returncode == 1
     errors = error_lines(result.stderr)

@@ -71,19 +71,6 @@ def project_copy(tmp_path: Path) -> Path:
     return copy
 
 
-def run_copy(project: Path, *args: str) -> subprocess.CompletedProcess:
-    """`python run.py args` of the copied project."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run(
-        [sys.executable, str(project / "run.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=project,
-    )
-
-
 def edit(path: Path, old: str, new: str) -> None:
     """Replace `old` (which must be there) by `new` in the file at `path`."""
     text = path.read_text()
@@ -93,7 +80,7 @@ def edit(path: Path, old: str, new: str) -> None:
 
 def test_an_engine_change_reruns_and_other_changes_do_not(tmp_path, tiny_root, project_copy):
     args = ["-m", *job_args(tmp_path, tiny_root, "code", "seed=0,1", "trainer.epochs=1")]
-    first = run_copy(project_copy, *args)
+    first = run_cli("run.py", *args, project=project_copy)
     assert first.returncode == 0, first.stderr[-3000:]
     before = {r.info.run_id: r.data.tags["engine_version"] for r in runs_of(tmp_path, "code")}
     assert len(before) == 2 and len(set(before.values())) == 1
@@ -104,7 +91,7 @@ def test_an_engine_change_reruns_and_other_changes_do_not(tmp_path, tiny_root, p
     edit(training, "    dev = resolve_device", "    # a new comment\n    dev = resolve_device")
     tracking = project_copy / "hw3" / "tracking" / "training.py"
     edit(tracking, "PROGRESS = (", "PROGRESS = (  # shown\n")
-    same = run_copy(project_copy, *args)
+    same = run_cli("run.py", *args, project=project_copy)
     assert same.returncode == 0, same.stderr[-3000:]
     assert output(same).count("already FINISHED") == 2
     assert {r.info.run_id for r in runs_of(tmp_path, "code")} == set(before)
@@ -113,7 +100,7 @@ def test_an_engine_change_reruns_and_other_changes_do_not(tmp_path, tiny_root, p
     running_loss = "self.step.loss_sum.item() / int(self.step.steps)"
     edit(training, running_loss, f"2 * {running_loss}")
     args[-2] = "seed=0,1,2"
-    changed = run_copy(project_copy, *args)
+    changed = run_cli("run.py", *args, project=project_copy)
     assert changed.returncode == 0, changed.stderr[-3000:]
     assert "already FINISHED" not in output(changed)
     runs = runs_of(tmp_path, "code")
@@ -129,18 +116,13 @@ def test_an_engine_change_reruns_and_other_changes_do_not(tmp_path, tiny_root, p
 
 def test_a_run_killed_under_other_engine_code_is_not_resumed(tmp_path, slow_root, project_copy):
     args = job_args(tmp_path, slow_root, "killed", f"trainer.epochs={EPOCHS}")
-    job = subprocess.Popen(
-        [sys.executable, str(project_copy / "run.py"), *args],
-        cwd=project_copy,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    killed = kill_when_logged(job, tmp_path, "killed")
+    with launched(args, tmp_path, project=project_copy) as job:
+        killed = kill_when_logged(job, tmp_path, "killed")
+    passes_killed = logged_passes(tmp_path, killed.info.run_id)
     running_loss = "self.step.loss_sum.item() / int(self.step.steps)"
     edit(project_copy / "hw3" / "engine" / "train.py", running_loss, f"{running_loss} + 0.0")
 
-    relaunch = run_copy(project_copy, *args)
+    relaunch = run_cli("run.py", *args, project=project_copy)
     assert relaunch.returncode == 0, relaunch.stderr[-3000:]
     assert f"not resuming run {killed.info.run_id} of plain-seed0: engine_version" in output(
         relaunch
@@ -151,7 +133,7 @@ def test_a_run_killed_under_other_engine_code_is_not_resumed(tmp_path, slow_root
     assert old.info.status == "KILLED" and "engine_version" in old.data.tags["superseded"]
     assert new.info.status == "FINISHED"
     assert logged_passes(tmp_path, new.info.run_id) == list(range(1, EPOCHS + 1))
-    assert logged_passes(tmp_path, old.info.run_id) == logged_passes(tmp_path, killed.info.run_id)
+    assert logged_passes(tmp_path, old.info.run_id) == passes_killed  # left as it was
 
 
 # --- 2. one live process per run -----------------------------------------------------------------
@@ -202,6 +184,48 @@ def test_two_copies_of_a_sweep_share_its_jobs_and_log_each_pass_once(tmp_path, t
     assert "Traceback" not in err
 
 
+def test_a_live_run_s_heartbeat_advances_and_keeps_another_host_off(tmp_path, slow_root):
+    stale_after_s = 30
+    args = job_args(
+        tmp_path, slow_root, "beating", "trainer.epochs=1000", "tracking.heartbeat_s=0.5",
+        f"tracking.stale_after_s={stale_after_s}",
+    )  # fmt: skip
+    client = MlflowClient(store_uri(tmp_path))
+    with launched(args, tmp_path) as job:
+        (run,) = wait_for("the job's run", lambda: runs_of(tmp_path, "beating"), job)
+        first_beat = int(run.data.tags["heartbeat"])
+        beats = {first_beat}
+
+        def beaten_past_staleness() -> bool:
+            beats.add(int(client.get_run(run.info.run_id).data.tags["heartbeat"]))
+            silent_s = time.time() - first_beat / 1000  # since the run was marked alive first
+            return len(beats) >= 3 and silent_s > stale_after_s
+
+        # Were the tag not renewed, the run would look dead to another host by now.
+        wait_for(
+            "the heartbeat to advance for longer than stale_after_s", beaten_past_staleness, job
+        )
+        assert sorted(beats)[-1] > first_beat
+        # Another host (its own name, its own checkpoint disk, hence its own claim file) can
+        # only go by the heartbeat, and the job's is fresh: it leaves the run alone.
+        other_host = tmp_path / "other_host"
+        other_host.mkdir()
+        (other_host / "sitecustomize.py").write_text(
+            "import socket\nsocket.gethostname = lambda: 'elsewhere'\n"
+        )
+        other_args = override(args, "trainer.checkpoint_dir", tmp_path / "other_ckpt")
+        other = run_cli("run.py", *other_args, env={"PYTHONPATH": str(other_host)})
+        assert other.returncode == 0, other.stderr[-3000:]
+        claimed = (
+            rf"skip plain-seed0: run {run.info.run_id} is being trained by pid {job.pid} on "
+            rf"{re.escape(socket.gethostname())} \(heartbeat \d+ s ago\)"
+        )
+        assert re.search(claimed, output(other)), output(other)[-3000:]
+        assert job.poll() is None
+        run = only_run(tmp_path, "beating")
+        assert run.info.status == "RUNNING" and run.data.tags["pid"] == str(job.pid)
+
+
 def test_a_run_of_another_host_is_resumable_only_once_its_heartbeat_is_stale(tmp_path, slow_root):
     args = job_args(tmp_path, slow_root, "hosts", "trainer.epochs=2", "tracking.stale_after_s=60")
     with launched(args, tmp_path) as job:
@@ -243,10 +267,10 @@ def test_checkpoints_of_two_stores_never_collide(tmp_path, slow_root):
             tmp_path / "ckpt",
         )
         for store in (store_a, store_b)
-    )
-    store_a.mkdir()
+    )  # job_args made both folders (each with an empty store)
     with launched(args_a, store_a) as job:
         killed = kill_when_logged(job, store_a, "same")
+    assert only_run(store_a, "same").info.status == "RUNNING"  # as a kill -9 leaves it
     (checkpoint,) = (tmp_path / "ckpt").glob("**/*.pt")
     finished_b = run_cli("run.py", *args_b)  # experiment id 1 in both stores, same config
     assert finished_b.returncode == 0, finished_b.stderr[-3000:]
@@ -358,7 +382,7 @@ def test_a_new_store_opened_by_several_processes_at_once_is_created_once(tmp_pat
         )
         for _ in range(4)
     ]
-    job = run_cli("run.py", *job_args(tmp_path, tiny_root, "race", "trainer.epochs=1"))
+    job = run_cli("run.py", *job_args(tmp_path, tiny_root, "race", "trainer.epochs=1", uri=uri))
     results = [p.communicate(timeout=300) for p in openers]
     assert job.returncode == 0, job.stderr[-3000:]
     for (out, err), proc in zip(results, openers, strict=True):
