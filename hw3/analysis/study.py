@@ -293,8 +293,9 @@ def series(summary: pd.DataFrame, group: str, metric: str) -> pd.DataFrame:
 
 
 def comparable_pairs(study: Study) -> list[tuple[str, str]]:
-    """The pairs of groups that differ in their model only (never across learning rates)."""
-    keys = [k for k in differing(study.runs) if k != "model.name"]
+    """The pairs of groups that differ in their model only, its variant's keys included (never
+    across learning rates)."""
+    keys = [k for k in differing(study.runs) if not k.startswith("model.")]
     return [
         (a, b)
         for a, b in combinations(study.groups, 2)

@@ -4,6 +4,7 @@ ratio, and the seeds a bar would need, against values worked out by hand."""
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -182,3 +183,18 @@ def test_the_paired_figure_draws_each_seed_s_two_runs(store):
         assert list(mean.get_ydata()) == pytest.approx(
             [sum(per_seed["plain"]) / 3, sum(per_seed["bn"]) / 3]
         )
+
+
+def test_variants_with_keys_of_their_own_are_compared_with_the_others(tmp_path, store):
+    uri, client, exp = store
+    log_whole_runs(client, exp)
+    for seed in range(3):  # gn: plain's L̂ minus 1, with a key plain and bn do not have
+        values = history("plain", seed) | {L: [v - 1 for v in WHOLE_RUNS[("plain", seed)]]}
+        log_run(client, exp, "gn", seed, values=values, params={"model.groups": "4"})
+    study = load_study(
+        connect_existing(uri), EXPERIMENT, sweep_id=None, filter_string=None, errorbar=bar("t")
+    )
+    text = write_report(study, None, [], tmp_path / "REPORT.md").read_text()
+    compared = re.findall(r"\*\*Whole-run L̂ \(mean over passes\), (\S+) vs (\S+),", text)
+    assert compared == [("bn", "plain"), ("gn", "plain"), ("gn", "bn")]
+    assert "gn − plain = -1 (ratio 0.9091; gn lower at 3 of 3 seeds)" in text
