@@ -14,7 +14,7 @@ from hw3.analysis.figures import all_figures
 from hw3.analysis.intervals import ErrorBar
 from hw3.analysis.paired import comparisons, paired, seeds_needed
 from hw3.analysis.report import write_report
-from hw3.analysis.study import load_study
+from hw3.analysis.study import Study, load_study
 from hw3.tracking.store import connect_existing
 
 L = "smoothness/L"
@@ -124,12 +124,16 @@ def log_whole_runs(client, exp) -> None:
         log_run(client, exp, model, seed, values=history(model, seed) | {L: values})
 
 
+def study_of(uri: str, kind: str) -> Study:
+    """The study of EXPERIMENT's runs with error bars of `kind`."""
+    store = connect_existing(uri)
+    return load_study(store, EXPERIMENT, sweep_id=None, filter_string=None, errorbar=bar(kind))
+
+
 def test_the_report_states_each_whole_run_comparison_in_one_sentence(tmp_path, store):
     uri, client, exp = store
     log_whole_runs(client, exp)
-    study = load_study(
-        connect_existing(uri), EXPERIMENT, sweep_id=None, filter_string=None, errorbar=bar("t")
-    )
+    study = study_of(uri, "t")
     text = write_report(study, None, [], tmp_path / "REPORT.md").read_text()
     section = text.split("## Whole runs, paired by seed")[1].split("\n## ")[0]
     sentences = [line for line in section.splitlines() if line.startswith("- ")]
@@ -150,9 +154,7 @@ def test_the_report_states_each_whole_run_comparison_in_one_sentence(tmp_path, s
 def test_a_bar_that_does_not_narrow_names_the_seeds_a_t_interval_would_need(tmp_path, store):
     uri, client, exp = store
     log_whole_runs(client, exp)
-    study = load_study(
-        connect_existing(uri), EXPERIMENT, sweep_id=None, filter_string=None, errorbar=bar("range")
-    )
+    study = study_of(uri, "range")
     text = write_report(study, None, [], tmp_path / "REPORT.md").read_text()
     assert (
         "min–max over seeds of the paired difference [-3, -1], which excludes 0; a min–max "
@@ -164,9 +166,7 @@ def test_a_bar_that_does_not_narrow_names_the_seeds_a_t_interval_would_need(tmp_
 def test_the_paired_figure_draws_each_seed_s_two_runs(store):
     uri, client, exp = store
     log_whole_runs(client, exp)
-    study = load_study(
-        connect_existing(uri), EXPERIMENT, sweep_id=None, filter_string=None, errorbar=bar("t")
-    )
+    study = study_of(uri, "t")
     fig = all_figures(study, None)["paired"]
     assert [ax.get_title() for ax in fig.axes] == [
         "bn vs plain, mean over passes\nbn − plain = -2 [-4.48, 0.484]",
@@ -191,9 +191,7 @@ def test_variants_with_keys_of_their_own_are_compared_with_the_others(tmp_path, 
     for seed in range(3):  # gn: plain's L̂ minus 1, with a key plain and bn do not have
         values = history("plain", seed) | {L: [v - 1 for v in WHOLE_RUNS[("plain", seed)]]}
         log_run(client, exp, "gn", seed, values=values, params={"model.groups": "4"})
-    study = load_study(
-        connect_existing(uri), EXPERIMENT, sweep_id=None, filter_string=None, errorbar=bar("t")
-    )
+    study = study_of(uri, "t")
     text = write_report(study, None, [], tmp_path / "REPORT.md").read_text()
     compared = re.findall(r"\*\*Whole-run L̂ \(mean over passes\), (\S+) vs (\S+),", text)
     assert compared == [("bn", "plain"), ("gn", "plain"), ("gn", "bn")]
