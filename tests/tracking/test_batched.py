@@ -213,7 +213,8 @@ def test_a_group_killed_midway_resumes_every_member_in_its_own_run(tmp_path):
     args = sweep_args(tmp_path, root, "model=plain", "seed=0,1", "trainer.epochs=3", BATCHED)
     killed_store, straight_store = tmp_path / "killed", tmp_path / "straight"
     with launched(args, tmp_path, env=store_env(killed_store)) as proc:
-        kill_when_logged(proc, killed_store, "batched")
+        # Members train in turn, pass by pass: once one logged pass 2, each has a checkpoint.
+        kill_when_logged(proc, killed_store, "batched", passes=2)
     before = by_name(killed_store)
     assert sorted(before) == ["plain-seed0", "plain-seed1"]
     assert all(r.info.status == "RUNNING" for r in before.values())
