@@ -125,6 +125,11 @@ class MlflowSweep(Callback):
     def __init__(self) -> None:
         self._open: _OpenSweep | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What a job's process gets (joblib pickles Hydra's callbacks with each job): not the
+        open sweep, whose heartbeat thread stays with the launcher that closes it."""
+        return {**self.__dict__, "_open": None}
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             self._open_sweep(config)
