@@ -61,6 +61,8 @@ class Cluster:
 
     def states(self, jobs: list[str]) -> dict[str, str]:
         """Array task id → its final state in Slurm's accounting (COMPLETED, FAILED, ...)."""
+        # A task that handed back its result may still be finishing (epilog, accounting).
+        wait_for("the jobs to leave the queue", lambda: not self.queued(jobs))
         arrays = ",".join(sorted({job.split("_")[0] for job in jobs}))
         rows = self.command("sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", arrays)
         states = dict(row.split("|") for row in rows.split())
