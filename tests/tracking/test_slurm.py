@@ -61,12 +61,19 @@ class Cluster:
 
     def states(self, jobs: list[str]) -> dict[str, str]:
         """Array task id → its final state in Slurm's accounting (COMPLETED, FAILED, ...)."""
-        # A task that handed back its result may still be finishing (epilog, accounting).
-        wait_for("the jobs to leave the queue", lambda: not self.queued(jobs))
+        # Accounting lags the queue: a task gone from squeue can still read RUNNING in sacct.
+        return wait_for(
+            "Slurm's accounting to record the jobs' final states", lambda: self._final(jobs)
+        )
+
+    def _final(self, jobs: list[str]) -> dict[str, str] | None:
+        """`jobs`' states in sacct once none is still pending, running or completing; else None."""
         arrays = ",".join(sorted({job.split("_")[0] for job in jobs}))
         rows = self.command("sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", arrays)
-        states = dict(row.split("|") for row in rows.split())
-        return {job: states[job] for job in jobs}
+        states = dict(row.split("|") for row in rows.splitlines() if row)
+        found = {job: states.get(job, "PENDING") for job in jobs}
+        unfinished = {"PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "REQUEUED", "RESIZING"}
+        return None if set(found.values()) & unfinished else found
 
     def cancel(self, jobs: list[str]) -> None:
         """Cancel those of `jobs` still queued, and wait until they have left the queue."""
