@@ -15,7 +15,6 @@ import pandas as pd
 from scipy import stats
 
 from hw3.analysis.intervals import ErrorBar, bounds, t_multiplier
-from hw3.analysis.study import Study, comparable_pairs
 
 SUMMARIES = {"mean": "mean over passes", "final": "final pass"}  # how a run is summed up
 WHOLE_RUN = "smoothness/L"  # the metric a study's whole-run comparisons sum up
@@ -126,8 +125,3 @@ def comparisons(
     """Every pair on `metric`, each summed up both ways (SUMMARIES), where they share a seed."""
     found = (paired(tidy, a, b, metric, s, bar) for a, b in pairs for s in SUMMARIES)
     return [p for p in found if p is not None]
-
-
-def study_comparisons(study: Study) -> list[Paired]:
-    """The study's comparable pairs on WHOLE_RUN, each summed up both ways, with its error bar."""
-    return comparisons(study.tidy, comparable_pairs(study), WHOLE_RUN, study.errorbar)

@@ -11,6 +11,7 @@ from logged_runs import EXPERIMENT, log_grid, log_run, settings
 from matplotlib.container import ErrorbarContainer
 
 from hw3.analysis.figures import CUT_NOTE, all_figures
+from hw3.analysis.findings import compute
 from hw3.analysis.intervals import ErrorBar, bounds
 from hw3.analysis.report import write_summary
 from hw3.analysis.study import load_study
@@ -73,7 +74,7 @@ def error_bar_ends(container: ErrorbarContainer) -> list[tuple[float, float]]:
 def test_a_bar_beyond_the_axes_is_cut_visibly_and_said_so(store):
     uri, client, exp = store
     log_grid(client, exp, ("plain", "bn"), n_seeds=2)  # t multiplier 12.7: far off the axes
-    wide = all_figures(study_with(uri, "t"), None)["smoothness"]
+    wide = all_figures(compute(study_with(uri, "t")))["smoothness"]
     ax = wide.axes[2]  # L̂
     bottom, top = ax.get_ylim()
     cut = [line for line in ax.lines if line.get_gid() == "cut"]
@@ -82,6 +83,6 @@ def test_a_bar_beyond_the_axes_is_cut_visibly_and_said_so(store):
         assert all(bottom <= lo <= hi <= top for lo, hi in error_bar_ends(container))
     assert CUT_NOTE in wide.get_suptitle().replace("\n", " ")
     # min–max bars stay within the runs' values, which the axes span: nothing is cut.
-    fitted = all_figures(study_with(uri, "range"), None)["smoothness"]
+    fitted = all_figures(compute(study_with(uri, "range")))["smoothness"]
     assert not [line for ax in fitted.axes for line in ax.lines if line.get_gid() == "cut"]
     assert CUT_NOTE not in fitted.get_suptitle().replace("\n", " ")
