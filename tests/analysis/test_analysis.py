@@ -283,6 +283,28 @@ def test_each_analysis_is_a_run_of_its_own_time_ignored_by_the_next_analysis(tmp
     assert client.get_run(other.run_id).data.tags["analysis_id"] != run.data.tags["analysis_id"]
 
 
+def test_only_the_newest_analysis_of_a_selection_is_in_view(tmp_path, store):
+    uri, client, exp = store
+    jobs = [log_run(client, exp, "plain", seed, tags={"sweep_id": "abc123"}) for seed in range(2)]
+    log_sweep(client, exp, "abc123", jobs)
+    everything = [run_analysis(uri, tmp_path / f"all{i}").run_id for i in range(3)]
+    sweep = run_analysis(uri, tmp_path / "sweep", sweep_id="abc1").run_id
+    picked = run_analysis(uri, tmp_path / "f", filter_string="tags.model = 'plain'").run_id
+
+    def parent(run_id: str) -> str | None:
+        return client.get_run(run_id).data.tags.get("mlflow.parentRunId")
+
+    # The newest of each selection is at the top; the earlier ones are nested under it.
+    assert [parent(r) for r in everything] == [everything[2], everything[2], None]
+    assert parent(sweep) is None and parent(picked) is None
+    names = {r: client.get_run(r).info.run_name for r in (everything[2], sweep, picked)}
+    assert names == {
+        everything[2]: "analysis of all runs",
+        sweep: "analysis of sweep abc1",
+        picked: "analysis of tags.model = 'plain'",
+    }
+
+
 def test_analyze_presets_name_their_experiment(compose_config):
     cfg = compose_config("experiment=batchnorm", config_name="analyze")
     assert cfg.tracking.experiment == "hw3-batchnorm"
