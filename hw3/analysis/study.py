@@ -445,7 +445,9 @@ def as_value(text: str) -> float | str:
 def runs_table(study: Study) -> pd.DataFrame:
     """One row per selected run, used or left out (with why): who it is, its group, status and
     config (each param a column, numbers as numbers)."""
-    rows = [(r, study.labels[r.run_id], "") for r in study.runs]
+    rank = {g: i for i, g in enumerate(study.groups)}
+    used = sorted(study.runs, key=lambda r: (rank[study.labels[r.run_id]], r.seed))
+    rows = [(r, study.labels[r.run_id], "") for r in used]
     rows += [(r, r.model, why) for r, why in study.left_out]
     table = pd.DataFrame(
         {
