@@ -80,7 +80,7 @@ def load(
     *,
     uri: str | None = None,
     sweep_id: str | None = None,
-    filter: str | None = None,  # noqa: A002 - analyze.py's name for it
+    filter: str | None = None,  # analyze.py's name for it
     **overrides: Any,
 ) -> Study:
     """The experiment's training runs (of one sweep if `sweep_id`, narrowed by an MLflow

@@ -27,8 +27,8 @@ def test_the_example_notebook_runs_against_a_real_smoke_sweep(tmp_path, tiny_roo
     assert [o.get("ename") for cell in code for o in cell.outputs if o.output_type == "error"] == []
     texts = ["".join(o.get("text", "")) for cell in code for o in cell.outputs]
     assert texts[0].startswith("6 runs in groups plain, bn, stride;")
-    table = code[1].outputs[0]["data"]["text/plain"]
+    table = code[2].outputs[0]["data"]["text/plain"]
     assert table.count("FINISHED") == 6
-    images = [o for cell in code[2:] for o in cell.outputs if "image/png" in o.get("data", {})]
+    images = [o for cell in code[3:] for o in cell.outputs if "image/png" in o.get("data", {})]
     assert len(images) == 2  # the custom plot and the paired figure
     assert "L̂ (mean), bn − plain over seeds (0, 1):" in "".join(texts)
