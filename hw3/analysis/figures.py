@@ -222,6 +222,14 @@ def guide_lines(ax: Axes, study: Study, guide: Guide) -> list[float]:
     return [guide.of_lr(lr) for _, lr, _ in lines]
 
 
+def run_marks(n: int) -> dict[str, object]:
+    """How `n` individual runs' dots are drawn: faint, then fainter, smaller and rasterised past
+    RASTER_AT, so that the means and their bars stay in sight."""
+    if n <= RASTER_AT:
+        return {"ms": 5, "alpha": 0.5, "rasterized": False}
+    return {"ms": 2, "alpha": max(0.05, RASTER_AT / n / 4), "rasterized": True}
+
+
 def draw_panel(ax: Axes, study: Study, panel: Panel) -> bool:
     """One panel of per-pass aggregates; whether an error bar was cut by the axes."""
     color = palette(study.groups)
@@ -247,11 +255,9 @@ def draw_panel(ax: Axes, study: Study, panel: Panel) -> bool:
             runs.loc[mine, "pass"] + offset,
             values[mine],
             ".",
-            ms=5,
-            alpha=0.5,
             color=color[group],
             gid="runs",
-            rasterized=bool(mine.sum() > RASTER_AT),
+            **run_marks(int(mine.sum())),
         )
     ax.set_xlim(runs["pass"].min() - 0.5, runs["pass"].max() + 0.5)  # integer ticks, even for one
     ax.set_title(panel.title)
@@ -341,8 +347,7 @@ def time_figure(f: Findings) -> Figure | None:
     )
     for i, g in enumerate(groups):
         values = per_run.loc[per_run["model"] == g, "value"]
-        dense = len(values) > RASTER_AT
-        ax.plot(np.full(len(values), i), values, "k.", ms=5, gid="runs", rasterized=dense)
+        ax.plot(np.full(len(values), i), values, "k.", gid="runs", **run_marks(len(values)))
         ax.annotate(
             f"{stats.loc[g, 'mean']:.3g} s",
             (i, 0),
@@ -517,9 +522,9 @@ def draw_paired(ax: Axes, p: Paired, color: dict[str, object]) -> None:
     extremes), the means in black, the mean paired difference and its error bar in the title."""
     n = len(p.seeds)
     segments = [[(0, a), (1, b)] for a, b in zip(p.values_a, p.values_b, strict=True)]
-    width, alpha = (1.0, 1.0) if n <= RASTER_AT else (0.5, 0.3)
-    seeds = LineCollection(segments, colors="0.6", linewidths=width, alpha=alpha, zorder=1)
-    seeds.set(gid="seed", rasterized=n > RASTER_AT)
+    marks = run_marks(n)
+    seeds = LineCollection(segments, colors="0.6", linewidths=marks["ms"] / 5, zorder=1)
+    seeds.set(gid="seed", alpha=min(1.0, 2 * marks["alpha"]), rasterized=marks["rasterized"])
     ax.add_collection(seeds)
     for i, label in seed_labels(p).items():
         ax.annotate(
@@ -530,9 +535,9 @@ def draw_paired(ax: Axes, p: Paired, color: dict[str, object]) -> None:
             va="center",
             fontsize="x-small",
         )
-    dense = n > RASTER_AT
-    ax.scatter(np.zeros(n), p.values_a, color=color[p.a], s=16, zorder=2, rasterized=dense)
-    ax.scatter(np.ones(n), p.values_b, color=color[p.b], s=16, zorder=2, rasterized=dense)
+    dots = {"s": 4 if marks["rasterized"] else 16, "zorder": 2, "rasterized": marks["rasterized"]}
+    ax.scatter(np.zeros(n), p.values_a, color=color[p.a], **dots)
+    ax.scatter(np.ones(n), p.values_b, color=color[p.b], **dots)
     means = [float(np.mean(p.values_a)), float(np.mean(p.values_b))]
     ax.plot([0, 1], means, color="black", lw=2, marker="_", ms=14, zorder=3, gid="mean")
     ax.set_xticks([0, 1], [p.a, p.b])
