@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from hw3.analysis.intervals import ErrorBar, bounds, t_multiplier
+from hw3.analysis.intervals import ErrorBar, bounds
 
 SUMMARIES = {"mean": "mean over passes", "final": "final pass"}  # how a run is summed up
 WHOLE_RUN = "smoothness/L"  # the metric a study's whole-run comparisons sum up
@@ -73,12 +73,14 @@ def seeds_needed(mean: float, sd: float, bar: ErrorBar) -> int | None:
         return None
     if bar.kind not in NARROWING:
         return None
-    z = float(stats.norm.ppf((1 + bar.confidence) / 2))
-    for n in range(2, SEEDS_CAP + 1):
-        multiplier = {"t": t_multiplier(bar.confidence, n), "se": 1.0, "bootstrap": z}[bar.kind]
-        if multiplier * sd / math.sqrt(n) < abs(mean):
-            return n
-    return None
+    n = np.arange(2, SEEDS_CAP + 1)
+    level = (1 + bar.confidence) / 2
+    if bar.kind == "t":
+        multiplier = stats.t.ppf(level, n - 1)  # t_multiplier, for every n at once
+    else:
+        multiplier = 1.0 if bar.kind == "se" else stats.norm.ppf(level)
+    narrow = np.flatnonzero(multiplier * sd / np.sqrt(n) < abs(mean))
+    return int(n[narrow[0]]) if narrow.size else None
 
 
 def run_values(tidy: pd.DataFrame, a: str, b: str, metric: str, summary: str) -> pd.DataFrame:
