@@ -452,7 +452,8 @@ def draw_rates(
         ends = (a[c].to_numpy() for c in ("lr", "mean", "low", "high"))
         cut |= error_bars(ax, *ends, label=line, color=color[line], joined=True)
         mine = runs[runs["line"] == line]
-        ax.plot(mine["lr"], mine[panel.column], ".", ms=5, alpha=0.5, color=color[line], gid="runs")
+        marks = run_marks(len(mine))
+        ax.plot(mine["lr"], mine[panel.column], ".", color=color[line], gid="runs", **marks)
         mark_diverged(ax, mine, color[line])
         xs += rate_lines(ax, stability, line, color[line])
     if panel.log:
