@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from hw3.analysis.intervals import ErrorBar, bounds
+from hw3.analysis.intervals import ErrorBar, bounds, normal_quantile, t_quantile
 
 SUMMARIES = {"mean": "mean over passes", "final": "final pass"}  # how a run is summed up
 WHOLE_RUN = "smoothness/L"  # the metric a study's whole-run comparisons sum up
@@ -74,11 +73,10 @@ def seeds_needed(mean: float, sd: float, bar: ErrorBar) -> int | None:
     if bar.kind not in NARROWING:
         return None
     n = np.arange(2, SEEDS_CAP + 1)
-    level = (1 + bar.confidence) / 2
     if bar.kind == "t":
-        multiplier = stats.t.ppf(level, n - 1)  # t_multiplier, for every n at once
+        multiplier = t_quantile(bar.confidence, n - 1)
     else:
-        multiplier = 1.0 if bar.kind == "se" else stats.norm.ppf(level)
+        multiplier = 1.0 if bar.kind == "se" else normal_quantile(bar.confidence)
     narrow = np.flatnonzero(multiplier * sd / np.sqrt(n) < abs(mean))
     return int(n[narrow[0]]) if narrow.size else None
 
