@@ -274,7 +274,9 @@ def copy_rows(
     out: dict[str, list[dict]] = {table: [] for table in TABLES}
 
     def tags(run_id: str, values: dict[str, str]) -> None:
-        out["tags"] += [{"key": k, "value": v, "run_uuid": run_id} for k, v in values.items()]
+        out["tags"] += [
+            {"key": key, "value": value, "run_uuid": run_id} for key, value in values.items()
+        ]
 
     def row(template: dict, run_id: str, name: str, start: int, end: int) -> dict:
         artifacts = template["artifact_uri"].replace(template["run_uuid"], run_id)
@@ -299,7 +301,9 @@ def copy_rows(
                 "sweep_id": sweep_id, "mlflow.parentRunId": parent, "mlflow.runName": name,
             })  # fmt: skip
             params = base.params[run["run_uuid"]] | {"seed": str(seed)}
-            out["params"] += [{"key": k, "value": v, "run_uuid": run_id} for k, v in params.items()]
+            out["params"] += [
+                {"key": key, "value": value, "run_uuid": run_id} for key, value in params.items()
+            ]
             for table in ("metrics", "latest_metrics"):
                 points = getattr(base, table).get(run["run_uuid"], [])
                 out[table] += [point | {"run_uuid": run_id} for point in points]
@@ -342,7 +346,8 @@ def add_copies(db: Path, first: int, last: int, step: int = 200) -> None:
             tags = base.tags[run["run_uuid"]]
             if prints[tags["model"]][0] != (tags["fingerprint"], tags["config_fingerprint"]):
                 raise SystemExit("scale: the copies' fingerprints would not be run.py's")
-        clock = max(time.time_ns() // 1_000_000, max(r["end_time"] or 0 for r in base.runs) + 1)
+        (latest,) = con.execute("SELECT max(end_time) FROM runs").fetchone()
+        clock = max(time.time_ns() // 1_000_000, (latest or 0) + 1)  # after every run there
         con.execute("BEGIN")
         for chunk in range(first, last, step):
             copies = range(chunk, min(chunk + step, last))
