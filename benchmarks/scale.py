@@ -21,6 +21,7 @@ Prints one markdown table.
     python benchmarks/scale.py --sizes 1000 10000              # builds the stores the first time
     python benchmarks/scale.py --sizes 1000 --stores sqlite --timeout 300
     python benchmarks/scale.py --check                         # the SQL copies are the client's
+    python benchmarks/scale.py --sizes 2000 10000 --before /tmp/hw3-before   # and that checkout's
 """
 
 from __future__ import annotations
@@ -120,10 +121,11 @@ def sweep_args(uri: str, cache: Path, work: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def analysis_args(uri: str, work: Path, *extra: str) -> list[str]:
-    """analyze.py's arguments for EXPERIMENT in `uri` (its files under `work`)."""
+def analysis_args(uri: str, work: Path, *extra: str, project: Path = PROJECT_ROOT) -> list[str]:
+    """analyze.py's arguments for EXPERIMENT in `uri` (its files under `work`), of the checkout
+    `project`."""
     return [
-        sys.executable, str(PROJECT_ROOT / "analyze.py"), f"tracking.uri={uri}",
+        sys.executable, str(project / "analyze.py"), f"tracking.uri={uri}",
         f"tracking.experiment={EXPERIMENT}", f"out={work / 'report'}",
         f"hydra.run.dir={work / 'hydra'}", *extra,
     ]  # fmt: skip
@@ -503,10 +505,11 @@ def measure(
     *,
     seeds: int = 0,
     relaunch: bool = True,
+    before: Path | None = None,
 ) -> dict[str, Outcome]:
     """On one store: the skipped relaunch (unless not `relaunch`), the analysis of the tiny
-    sweep and of the whole study; with `seeds`, the skipped relaunch of that many copies' seeds
-    (3 jobs each)."""
+    sweep and of the whole study (also by the checkout `before`); with `seeds`, the skipped
+    relaunch of that many copies' seeds (3 jobs each)."""
     out = {"relaunch": Outcome(None, failure="not measured: another engine version's store")}
     log = work / "relaunch.log"
     if relaunch:
@@ -515,6 +518,9 @@ def measure(
             out["relaunch"] = Outcome(None, failure="not all 3 jobs skipped")
     out["sweep"] = timed(analysis_args(uri, work, f"sweep_id={sweep_id}"), timeout, work / "a.log")
     out["study"] = timed(analysis_args(uri, work), timeout, work / "study.log")
+    if before is not None:
+        old = analysis_args(uri, work, project=before)
+        out["study_before"] = timed(old, timeout, work / "study-before.log")
     if seeds and relaunch:
         grid = ",".join(str(FIRST_COPY_SEED + s) for s in range(seeds))
         log = work / "many.log"
@@ -669,6 +675,8 @@ def table(
         ("analysis of that sweep (`sweep_id=`)", "sweep", [0, *sizes], False),
         ("analysis of the whole study: time, peak RSS", "study", sizes, True),
     ]
+    if "study_before" in results[kinds[0]][sizes[0]]:
+        rows.append(("the same, by the `--before` checkout", "study_before", sizes, True))
     for what, key, at, memory in rows:
         for i, n in enumerate(at):
             cells = [
@@ -719,6 +727,10 @@ def main() -> None:
         "(default: the current one; with another, relaunches are not measured: nothing skips)",
     )
     parser.add_argument(
+        "--before", type=Path, help="another checkout whose analysis of the whole study is "
+        "timed too, on the same stores (say `git worktree add DIR COMMIT`)",
+    )  # fmt: skip
+    parser.add_argument(
         "--check", type=int, nargs="?", const=6, metavar="COPIES",
         help="instead of measuring: build COPIES (default 6) copies of the tiny sweep both by "
         "the MLflow client and by SQL, compare the stores, relaunch two copies' seeds",
@@ -751,7 +763,14 @@ def main() -> None:
                 print(f"scale: {kind}, {3 * (n // 3) + 3} runs", file=sys.stderr)
                 with opened(kind, folder, work) as uri:
                     results[kind][n] = measure(
-                        uri, cache, work, sweep_id, args.timeout, seeds=seeds, relaunch=current
+                        uri,
+                        cache,
+                        work,
+                        sweep_id,
+                        args.timeout,
+                        seeds=seeds,
+                        relaunch=current,
+                        before=args.before if n else None,
                     )
     seeds = args.relaunch_seeds if current else 0
     print("\n".join(table(results, sizes, seeds, compose_ms())))
