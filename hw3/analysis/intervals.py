@@ -105,7 +105,9 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float) -> Differen
     va, vb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     ea, eb = va.var(ddof=1) / len(va), vb.var(ddof=1) / len(vb)  # squared standard errors
     estimate = float(va.mean() - vb.mean())
-    with np.errstate(invalid="ignore", divide="ignore"):  # no spread at all: undefined
+    if ea + eb == 0:  # no spread in either group: the difference is exact
+        return Difference(estimate, estimate, estimate, math.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):  # one group without spread
         dof = (ea + eb) ** 2 / (ea**2 / (len(va) - 1) + eb**2 / (len(vb) - 1))  # Satterthwaite
         half = float(t_quantile(confidence, dof) * math.sqrt(ea + eb))
     return Difference(estimate, estimate - half, estimate + half, float(dof))

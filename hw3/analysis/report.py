@@ -256,7 +256,7 @@ def landscape_lines(f: Findings) -> list[str]:
     if not f.landscape and not f.edges:
         return []
     out = [
-        f"- **{LANDSCAPE[o.metric]}, {o.above} vs {o.below}:** "
+        f"- **{LANDSCAPE[o.metric]}, {o.pair[0]} vs {o.pair[1]}:** "
         + order_sentence(o, LANDSCAPE[o.metric])
         for o in f.landscape
     ]

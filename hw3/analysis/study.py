@@ -320,6 +320,7 @@ class Ordering:
     """Seed by seed and pass by pass: is `above`'s value of a metric above `below`'s?"""
 
     metric: str
+    pair: tuple[str, str]  # the groups as compared (a, b), whichever is above
     above: str
     below: str
     seeds: tuple[int, ...]  # the seeds both groups ran
@@ -339,12 +340,14 @@ def seedwise_order(tidy: pd.DataFrame, a: str, b: str, metric: str) -> Ordering 
     both = va.merge(vb, on=["seed", "pass"], suffixes=("_a", "_b"))
     if both.empty:
         return None
+    pair = (a, b)
     higher = both["value_a"] > both["value_b"]
     if int(higher.sum()) * 2 < len(both):
         a, b, higher = b, a, both["value_b"] > both["value_a"]
     every_seed = higher.groupby(both["pass"]).all()
     return Ordering(
         metric=metric,
+        pair=pair,
         above=a,
         below=b,
         seeds=tuple(sorted(int(s) for s in both["seed"].unique())),
