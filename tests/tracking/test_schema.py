@@ -68,6 +68,13 @@ def test_public_overrides_set_their_keys_and_nothing_else(compose_config):
     assert {k: v for k, v in flat.items() if v != default[k]} == expected
 
 
+def test_the_momentum_preset_changes_only_the_momentum(compose_config):
+    default = flatten(OmegaConf.to_object(compose_config()))
+    flat = flatten(OmegaConf.to_object(compose_config("optimizer=sgd_momentum")))
+    changed = {k: v for k, v in flat.items() if v != default[k]}
+    assert changed == {"optimizer.name": "sgd_momentum", "optimizer.momentum": 0.9}
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
