@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Packs what benchmarks/gpu_check.sh needs on a bare GPU machine (CPython 3.11-3.13 with torch
-# and torchvision only, no network) into git-ignored folders that the device tool carries:
+# and torchvision only, no network) into git-ignored folders to copy there with the clone:
 #   .data/FashionMNIST/raw/*.gz  the official data files, gzipped (29.5 MiB)
 #   .gpu/wheels.tar.xz           what run.py, the CUDA tests and the benchmarks import beyond
 #                                torch: Hydra, the MLflow client with its SQLite store, pytest,
@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup
-LIMIT_MIB=60 # the device tool carries 64 MiB in all: leave room for the tracked files
+LIMIT_MIB=60 # what travels stays under 64 MiB: leave room for the tracked files
 PYTHONS=(3.11 3.12 3.13) # pyproject.toml's requires-python, up to the newest proven
 # Pure-Python packages: one wheel serves every version. Each at this venv's version, or where
 # that release does not support an older Python, the newest earlier release that does.
@@ -125,7 +125,7 @@ mib() { du -cb "$@" | awk 'END {printf "%.1f", $1 / 1048576}'; }
 echo "gpu_pack.sh: .data $(mib .data) MiB + .gpu $(mib .gpu) MiB = $(mib .data .gpu) MiB" \
     "($(tar -tJf .gpu/wheels.tar.xz | wc -l) wheels for CPython ${PYTHONS[*]})" >&2
 if awk "BEGIN {exit !($(mib .data .gpu) >= $LIMIT_MIB)}"; then
-    echo "gpu_pack.sh: .data + .gpu is $(mib .data .gpu) MiB, over $LIMIT_MIB MiB: the device tool could not carry it with the tree" >&2
+    echo "gpu_pack.sh: .data + .gpu is $(mib .data .gpu) MiB, over $LIMIT_MIB MiB: over what may travel with the tree" >&2
     exit 1
 fi
 if $prove; then
