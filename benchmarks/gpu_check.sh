@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check in one run, and the README's GPU results, within 9 minutes on an H100/H200
+# Every GPU check in one run, and the GPU results of docs/results.md, within 9 minutes on an H100/H200
 # (docs/speed.md, "Running on a GPU machine"). Here first: `bash benchmarks/gpu_pack.sh` (data and
 # packages, git-ignored); copy the clone with .data and .gpu to the GPU machine, and there:
 #   bash benchmarks/gpu_check.sh OUT               # the checks, then the sweeps (steps 1-7)

@@ -43,7 +43,8 @@ def test_smoke_preset_is_small(compose_config):
     assert cfg.data.train_size is not None and cfg.data.train_size <= 5000
 
 
-# README's public overrides, each with a value other than its default, and what it composes to.
+# The most used overrides (README, docs/configuration.md), each with a value other than its default,
+# and what it composes to.
 PUBLIC = {
     "model=bn": {"model.name": "bn"},
     "seed=3": {"seed": 3},
