@@ -104,7 +104,7 @@ for version in "${PYTHONS[@]}"; do
     cp -n "$tmp/$tag"/*.whl "$tmp/all/"
 done
 # A wheel is a zip deflated file by file; stored uncompressed in one xz archive, the wheels take
-# about 40% less (36 MiB as wheels), which keeps .data + .gpu under the limit.
+# about 40% less, which keeps .data + .gpu under the limit.
 "$HW3_PY" - "$tmp/all" <<'EOF'
 import sys
 import zipfile
