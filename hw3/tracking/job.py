@@ -37,12 +37,12 @@ from hw3.tracking.store import (
     ENV_SWEEP,
     Store,
     TrackingError,
+    checkpoint_folder,
     connect,
     experiment_id,
     find_runs,
     fingerprint,
     git_state,
-    local_folder,
     log_values,
     logged_steps,
     redact,
@@ -185,7 +185,7 @@ def _claim_run(
     """`open_job` once the store, the experiment and the data files are known."""
     name = job_name(cfg)
     fp, config_fp = run_fingerprint(cfg, files.digest), config_fingerprint(cfg)
-    folder = local_folder(resolve_path(cfg.trainer.checkpoint_dir), store, experiment)
+    folder = checkpoint_folder(cfg.trainer.checkpoint_dir, store, experiment)
     # One claim per configuration, not per run fingerprint: a job acts on every run of its
     # configuration (a run resumed on repaired data takes the new fingerprint, runs of other
     # engine code or data are superseded), so no other process may act on any of them meanwhile.
