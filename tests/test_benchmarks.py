@@ -147,3 +147,15 @@ def test_scale_copies_by_sql_are_the_clients(data_root: Path, tmp_path: Path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "check: the SQL copies are the client's" in done.stdout
     assert "check: relaunch of seeds [1000, 1005]: " in done.stdout
+
+
+def test_figures_do_not_gain_text_with_seeds(tmp_path: Path):
+    # Per-seed labels only for a few seeds: past that the paired panels name their extremes.
+    result = last_json_line(
+        "benchmarks/figures.py", "--seeds", "3", "400", "--out", str(tmp_path), "--only",
+        "paired", "time",
+    )  # fmt: skip
+    few, many = result["results"]["3"], result["results"]["400"]
+    for name in ("paired", "time"):  # the same titles, labels and ticks; 400 seeds named: 2,400
+        assert many[name]["texts"] <= few[name]["texts"] + 10, name
+    assert (tmp_path / "paired.png").stat().st_size > 10_000
