@@ -45,7 +45,7 @@ def settings(cfg: AnalyzeConfig) -> Settings:
         ("confidence", 0 < cfg.confidence < 1, "in (0, 1), e.g. 0.95"),
         ("bootstrap.resamples", cfg.bootstrap.resamples >= 1, ">= 1"),
         ("stability.reference_lr", cfg.stability.reference_lr > 0, "> 0"),
-        ("formats", bool(cfg.formats) and set(cfg.formats) <= set(FORMATS), "e.g. [png,pdf]"),
+        ("formats", bool(cfg.formats) and set(cfg.formats) <= set(FORMATS), "png and/or pdf"),
     ]
     for key, ok, must in checks:
         if not ok:

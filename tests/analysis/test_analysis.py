@@ -325,6 +325,8 @@ def test_analyze_presets_name_their_experiment(compose_config):
         ("confidence=95", "invalid confidence=95.0: it must be in (0, 1)"),
         ("bootstrap.resamples=0", "invalid bootstrap.resamples=0: it must be >= 1"),
         ("stability.reference_lr=0", "invalid stability.reference_lr=0.0: it must be > 0"),
+        ("formats=[svg]", "invalid formats=['svg']: it must be png and/or pdf"),
+        ("formats=[]", "invalid formats=[]: it must be png and/or pdf"),
     ],
 )
 def test_bad_analysis_settings_fail_in_one_line(compose_config, override, message):
