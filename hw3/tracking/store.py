@@ -44,9 +44,6 @@ PROBE_TIMEOUT_S = 5  # how long an unreachable server may keep a launch waiting
 SCHEMA_WAIT_S = 60  # how long to wait for another process to finish a new store's schema
 # The experiments' kind, so that MLflow 3's UI shows them as model training, not GenAI.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-# Environment that a sweep's launching process hands its jobs (see hw3.tracking.sweep).
-ENV_EXPERIMENT, ENV_EXPERIMENT_ID = "HW3_EXPERIMENT", "HW3_EXPERIMENT_ID"
-ENV_PARENT, ENV_SWEEP = "HW3_PARENT_RUN_ID", "HW3_SWEEP_ID"
 # Runs per search call: MLflow's default. Pages of 100, 1,000 and 50,000 read a 1,000-run
 # SQLite store within 15% of each other, and each page moves the progress bar.
 SEARCH_PAGE = 1_000
