@@ -202,6 +202,27 @@ def test_a_slurm_job_killed_hard_fails_the_sweep_and_the_relaunch_resumes_it(
 
 
 @pytest.mark.slow
+def test_a_slurm_job_warned_of_a_time_limit_or_preemption_requeues_and_resumes(cluster, tmp_path):
+    # Before a time limit, and on preemption, Slurm sends the job's submitit process SIGUSR2
+    # (--signal=USR2@…): sent here by hand, after the job's first pass.
+    root = write_dataset(tmp_path / "data", 3000, 300)
+    args = slurm_sweep(tmp_path, root, "requeued")
+    with launched(args, tmp_path, cluster.env) as sweep:
+        job = first_job_after_a_pass(tmp_path, sweep)
+        os.kill(process_of(job), signal.SIGUSR2)
+        returncode = sweep.wait(timeout=2 * WAIT_S)  # Slurm holds a requeued job ~2 min
+    assert returncode == 0, (tmp_path / "launcher.err").read_text()[-3000:]
+    after = assert_complete(tmp_path, "requeued")  # each pass once, every run FINISHED
+    resumed = re.search(r"resume (\S+): run (\w+) from its last checkpoint", log_of(tmp_path, job))
+    assert resumed, log_of(tmp_path, job)[-3000:]
+    name, run_id = resumed.groups()
+    assert after[name].info.run_id == run_id  # the same run, resumed by the requeued job
+    assert "error" not in after[name].data.tags
+    jobs = array_jobs(tmp_path)
+    assert cluster.states(jobs) == dict.fromkeys(jobs, "COMPLETED")
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("launcher", "reason"),
     [
