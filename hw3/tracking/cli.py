@@ -16,7 +16,7 @@ from hydra.errors import CompactHydraException, HydraException
 from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
 
-from hw3.tracking.errors import LaunchFailed
+from hw3.tracking.errors import LaunchFailed, first_line
 from hw3.tracking.stopping import Stopped
 
 log = logging.getLogger("hw3")
@@ -49,8 +49,8 @@ def one_line(err: BaseException) -> str:
         sep = ", " if raw.startswith("\t") and not text.endswith(":") else "; "
         text = f"{text}{sep if text else ''}{line}".replace(":; ", ": ")
     cause = err.__cause__
-    if isinstance(cause, OmegaConfBaseException) and str(cause).splitlines()[0] not in text:
-        text += f": {str(cause).splitlines()[0]}"
+    if isinstance(cause, OmegaConfBaseException) and first_line(cause) not in text:
+        text += f": {first_line(cause)}"
     if isinstance(err, JobFailed):
         return text
     return f"{text} {HINT}"

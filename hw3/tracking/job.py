@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from hw3.engine.files import SYSTEM_DIR, DataError, DatasetFiles, locate
 from hw3.engine.version import engine_version
 from hw3.tracking.claim import Claim, holder_tags, live_holder, now_ms
+from hw3.tracking.errors import first_line
 from hw3.tracking.relaunch import REPLACED_TAGS, Action, Do, Found, decide
 from hw3.tracking.schema import PLACE_KEYS, Config, ConfigError, flatten, resolve_path, validate
 from hw3.tracking.stopping import REQUEUE_SIGNAL, Stopped, jobs_stop_at_once, received
@@ -198,12 +199,6 @@ def judge(name: str, err: BaseException, store_uri: str | None) -> tuple[str, st
     if isinstance(err, ConfigError | TrackingError):
         return "FAILED", error, error  # each names the key to set, not a job
     return "FAILED", error, f"{name} FAILED: {error}"
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of `err`'s message (its type's name if it has none)."""
-    text = str(err.message if isinstance(err, MlflowException) else err)
-    return text.splitlines()[0] if text.strip() else type(err).__name__
 
 
 def _end(job: Job, err: BaseException) -> Outcome:

@@ -36,6 +36,7 @@ from mlflow.utils.rest_utils import http_request, verify_rest_response
 from sqlalchemy import select
 from tqdm import tqdm
 
+from hw3.tracking.errors import first_line
 from hw3.tracking.schema import PROJECT_ROOT
 
 DEFAULT_STORE = PROJECT_ROOT / "mlruns"
@@ -203,9 +204,7 @@ def connect(uri: str | None, *, probe: bool = True) -> Store:
             _create_sqlite_store(db)
         client = _open_client(uri)
     except MlflowException as err:
-        raise TrackingError(
-            f"cannot open tracking store {redact(uri)}: {err.message.splitlines()[0]}"
-        ) from err
+        raise TrackingError(f"cannot open tracking store {redact(uri)}: {first_line(err)}") from err
     return Store(uri, client)
 
 

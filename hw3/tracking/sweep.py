@@ -15,7 +15,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from hw3.tracking.claim import Heartbeat, holder_tags, live_holder, now_ms
-from hw3.tracking.errors import LaunchFailed
+from hw3.tracking.errors import LaunchFailed, first_line
 from hw3.tracking.relaunch import REPLACED_TAGS
 from hw3.tracking.schema import resolve_path
 from hw3.tracking.stopping import launch_stops_cleanly, received
@@ -162,7 +162,7 @@ class MlflowSweep(Callback):
         try:
             self._open_sweep(config)
         except (TrackingError, MlflowException) as err:
-            raise LaunchFailed(f"{str(err).splitlines()[0]} (the sweep launched no job)") from err
+            raise LaunchFailed(f"{first_line(err)} (the sweep launched no job)") from err
 
     def _open_sweep(self, config: DictConfig) -> None:
         """Open the store, the experiment and the parent run; hand their ids to the jobs."""
