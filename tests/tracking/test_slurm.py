@@ -223,6 +223,35 @@ def test_a_slurm_job_warned_of_a_time_limit_or_preemption_requeues_and_resumes(c
 
 
 @pytest.mark.slow
+def test_a_cancelled_slurm_job_ends_its_run_killed_and_the_relaunch_resumes_it(cluster, tmp_path):
+    root = write_dataset(tmp_path / "data", 3000, 300)
+    args = slurm_sweep(tmp_path, root, "cancelled")
+    with launched(args, tmp_path, cluster.env) as sweep:
+        job = first_job_after_a_pass(tmp_path, sweep)
+        pid = process_of(job)
+        cluster.command("scancel", job)  # SIGTERM to the job's processes
+        returncode = sweep.wait(timeout=WAIT_S)
+    wait_for("the other jobs to end", lambda: not cluster.queued(array_jobs(tmp_path)))
+
+    assert returncode == 1
+    err = (tmp_path / "launcher.err").read_text()
+    (line,) = error_lines(err)
+    resumes = "stopped by SIGTERM; relaunch the same command: the run resumes from its last pass"
+    assert line.endswith(resumes), line
+    runs = {r.info.run_name: r for r in runs_of(tmp_path, "cancelled")}
+    (victim,) = [name for name, r in runs.items() if r.data.tags["pid"] == str(pid)]
+    assert line == f"error: {victim} {resumes}"
+    cancelled = runs.pop(victim)
+    assert cancelled.info.status == "KILLED" and cancelled.data.tags["error"] == resumes
+    assert [r.info.status for r in runs.values()] == ["FINISHED"] * 3
+
+    relaunch = run_cli("run.py", *args, env=cluster.env)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    after = assert_complete(tmp_path, "cancelled")
+    assert after[victim].info.run_id == cancelled.info.run_id  # resumed in place
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("launcher", "reason"),
     [
