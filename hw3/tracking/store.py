@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import hashlib
 import json
@@ -36,6 +35,7 @@ from mlflow.utils.rest_utils import http_request, verify_rest_response
 from sqlalchemy import select
 from tqdm import tqdm
 
+from hw3.tracking.claim import file_lock
 from hw3.tracking.errors import first_line
 from hw3.tracking.schema import PROJECT_ROOT
 
@@ -112,17 +112,6 @@ def local_folder(root: Path, store: Store, experiment: str) -> Path:
     db = _sqlite_path(store.uri)
     where = str(db.resolve()) if db is not None else redact(store.uri).rstrip("/").lower()
     return root / hashlib.sha256(where.encode()).hexdigest()[:12] / experiment
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created if need be) for the block; wait for it."""
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _create_sqlite_store(db: Path) -> None:

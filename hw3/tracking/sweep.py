@@ -14,7 +14,7 @@ from hydra.experimental.callback import Callback
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
-from hw3.tracking.claim import Heartbeat, holder_tags, live_holder, now_ms
+from hw3.tracking.claim import Heartbeat, file_lock, holder_tags, live_holder, now_ms
 from hw3.tracking.errors import LaunchFailed, first_line
 from hw3.tracking.relaunch import REPLACED_TAGS
 from hw3.tracking.schema import resolve_path
@@ -24,7 +24,6 @@ from hw3.tracking.store import (
     TrackingError,
     connect,
     experiment_id,
-    file_lock,
     find_runs,
     fingerprint,
     git_state,
