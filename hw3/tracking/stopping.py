@@ -2,8 +2,9 @@
 
 Where a job trains, the signal raises `Stopped` at once, so that the runner ends its run KILLED
 and gives up its claim within seconds. A launching process that waits for jobs in its child
-processes (joblib's workers) passes the signal on to them and waits for them to stop; one with
-no child process stops at once. A process stops once: later signals are ignored meanwhile.
+processes (joblib's workers) passes the signal on to those that train one and waits for them
+to stop; one with no child process stops at once. A process stops once: later signals are
+ignored meanwhile.
 
 Under Slurm, submitit warns of a time limit or a preemption with SIGUSR2 and requeues the job
 from its own handler (which then exits the process): the signal is recorded on the way, so that
@@ -18,6 +19,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -57,12 +59,24 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     if _received is not None:
         return  # already stopping: the cleanup under way must not be cut short
     _received = signum
-    children = multiprocessing.active_children()
-    for child in children:  # joblib's workers: each stops its own job
-        if child.pid is not None:
-            os.kill(child.pid, signum)
+    children = [c.pid for c in multiprocessing.active_children() if c.pid is not None]
+    for pid in children:  # joblib's workers: each that trains a job stops it
+        if _catches(pid, signum):  # an idle worker would die of it, and joblib kill the rest
+            os.kill(pid, signum)
     if _jobs_here or not children:
         raise Stopped(signum)
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler of its own for `signum` (Linux's /proc says)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = next(
+        (line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), "0"
+    )
+    return bool(int(caught, 16) >> (signum - 1) & 1)
 
 
 def _recording(handler: Callable[[int, FrameType | None], Any]) -> Callable[..., Any]:

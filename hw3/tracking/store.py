@@ -447,8 +447,11 @@ def log_dataset(
         source=json.dumps({"uri": source.resolve().as_uri()}),
         profile=json.dumps(profile, sort_keys=True),
     )
-    context = InputTag("mlflow.data.context", "training")
-    store.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
+    inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])]
+    try:
+        store.client.log_inputs(run_id, datasets=inputs)
+    except MlflowException:  # another job inserted the same dataset at the same moment: it is there
+        store.client.log_inputs(run_id, datasets=inputs)
 
 
 def logged_steps(store: Store, run_id: str, key: str) -> set[int]:

@@ -100,7 +100,8 @@ def test_a_signalled_job_ends_its_run_killed_and_the_relaunch_resumes_it(
     [
         (["hydra/launcher=basic"], False),
         (["hydra/launcher=batched"], False),
-        (["hydra/launcher=parallel", "hydra.launcher.n_jobs=2"], False),  # passed on to workers
+        # passed on to the workers that train; two idle ones are left alone
+        (["hydra/launcher=parallel", "hydra.launcher.n_jobs=4"], False),
         (["hydra/launcher=parallel", "hydra.launcher.n_jobs=2"], True),  # each gets it
     ],
     ids=["basic", "batched", "joblib", "joblib-group"],
