@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
-# Every GPU check in one call of the device tool, and the README's GPU results, within 9 minutes
-# on an H100/H200. Here first: `bash benchmarks/gpu_pack.sh` (data and packages, git-ignored).
-# Then the device tool's run, carry [".data", ".gpu"], timeout_s 600, with the command
-#   bash benchmarks/gpu_check.sh "$OUT"            # the checks, then the sweeps (steps 1-7)
-#   bash benchmarks/gpu_check.sh "$OUT" --sweeps   # a follow-up call: the sweeps only (4-7), on
+# Every GPU check in one run, and the GPU results of docs/results.md, within 9 minutes on an H100/H200
+# (docs/speed.md, "Running on a GPU machine"). Here first: `bash benchmarks/gpu_pack.sh` (data and
+# packages, git-ignored); copy the clone with .data and .gpu to the GPU machine, and there:
+#   bash benchmarks/gpu_check.sh OUT               # the checks, then the sweeps (steps 1-7)
+#   bash benchmarks/gpu_check.sh OUT --sweeps      # a follow-up run: the sweeps only (4-7), on
 #                                                  # the store --restore left in .gpu/resume
 # There: python3 (or $PYTHON) with torch and torchvision, a CUDA GPU, no network. It writes, at
-# most 8 files one level down (the device tool brings back no more):
+# most 8 files one level down:
 #   OUT/checks.jsonl       one JSON line per step (rc, seconds, budget) and each check's lines
 #   OUT/log.txt            everything the steps printed
 #   OUT/mlflow.db          the sweeps' store, copied after each sweep
 #   OUT/artifacts-<experiment>.tar.gz   its runs' MLflow artifacts (.hydra configs, weights)
 #   OUT/checkpoints.tar.gz              the runs the time limit cut off, for --sweeps to resume
 # The store is /tmp/hw3-gpu/mlflow.db there, and its artifact paths are recorded as such. Back
-# here, `bash benchmarks/gpu_check.sh --restore DIR` (DIR: the tool's files_at) puts it at the
+# here, `bash benchmarks/gpu_check.sh --restore DIR` (DIR: OUT copied back) puts it at the
 # same path (and the resumable part into .gpu/resume); then, for example,
 #   python analyze.py tracking.uri=sqlite:////tmp/hw3-gpu/mlflow.db experiment=batchnorm
 #
-# Each step has a cap (seconds) and an estimate, from one H200 (../shared/notes/gpu-h200-2026-
-# 11-27.md, torch 2.11, deterministic kernels off): seconds per pass alone (train + L̂ + eval)
+# Each step has a cap (seconds) and an estimate, from one H200 (torch 2.11, deterministic
+# kernels off): seconds per pass alone (train + L̂ + eval)
 # plain 0.61, bn 0.74, stride 0.41; one full gradient ~0.09; experiment=batchnorm's 10 runs as
 # 10 processes in series 80.5 s. What deterministic kernels (the default) cost is not known yet:
 # step 2 measures it. A step that reaches its cap, or the call's end, is interrupted (SIGINT: a
@@ -39,13 +39,13 @@
 #                              call (--sweeps) finishes it
 #   packing OUT       30       with a stopped step's 15 s of grace; the call ends by 540 s
 # Estimated, steps 1-5 take ~250 s, which leaves ~250 s for 6 and 7. Dropped for time: speed.py
-# (its reference loop takes ~45 s a pass) and landscape.py; their figures are in the notes.
+# (its reference loop takes ~45 s a pass) and landscape.py.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/gpu_site.sh
 PY=${PYTHON:-python3}
 STORE=${HW3_GPU_STORE:-/tmp/hw3-gpu} # a fixed path: the store's artifact paths are absolute
-LIMIT_S=540                          # the whole call, within the device tool's 10 minutes
+LIMIT_S=540                          # the whole run, within 10 minutes
 PACK_S=30                            # kept for a step's grace after SIGINT and packing OUT
 MIN_STEP_S=15                        # a step with less time than this left is skipped
 # To rehearse the script on a CPU (benchmarks/README.md): GPU_CHECK_DEVICE=cpu, and
@@ -60,7 +60,7 @@ if [ -z "${1:-}" ] || { [ "$1" = --restore ] && [ -z "${2:-}" ]; }; then
 elif [ "$1" = --restore ]; then
     from=$2
     if [ ! -f "$from/mlflow.db" ]; then
-        echo "gpu_check.sh: no mlflow.db in $from (give the device tool's files_at)" >&2
+        echo "gpu_check.sh: no mlflow.db in $from (give the folder gpu_check.sh OUT wrote, copied back)" >&2
         exit 2
     fi
     mkdir -p "$STORE" .gpu/resume

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Packs what benchmarks/gpu_check.sh needs on a bare GPU machine (CPython 3.10-3.13 with torch
-# and torchvision only, no network) into git-ignored folders that the device tool carries:
+# Packs what benchmarks/gpu_check.sh needs on a bare GPU machine (CPython 3.11-3.13 with torch
+# and torchvision only, no network) into git-ignored folders to copy there with the clone:
 #   .data/FashionMNIST/raw/*.gz  the official data files, gzipped (29.5 MiB)
 #   .gpu/wheels.tar.xz           what run.py, the CUDA tests and the benchmarks import beyond
 #                                torch: Hydra, the MLflow client with its SQLite store, pytest,
@@ -16,11 +16,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup
-LIMIT_MIB=60 # the device tool carries 64 MiB in all: leave room for the tracked files
-PYTHONS=(3.10 3.11 3.12 3.13)
+LIMIT_MIB=60 # what travels stays under 64 MiB: leave room for the tracked files
+PYTHONS=(3.11 3.12 3.13) # pyproject.toml's requires-python, up to the newest proven
 # Pure-Python packages: one wheel serves every version. Each at this venv's version, or where
-# that release does not support an older Python, the newest earlier release that does (3.10:
-# SQLAlchemy 2.0, FastAPI, Starlette, importlib-metadata, annotated-doc).
+# that release does not support an older Python, the newest earlier release that does.
 PURE=(
     hydra-core omegaconf antlr4-python3-runtime # run.py's config (antlr4: OmegaConf's grammar)
     submitit cloudpickle          # hw3.tracking.cli imports submitit's errors for every launcher
@@ -35,14 +34,13 @@ PURE=(
     tqdm                          # hw3.engine.train's progress bars
     pytest pluggy iniconfig pygments # tests/engine/test_cuda.py
 )
-BACKPORTS_3_10=(exceptiongroup tomli) # pytest, anyio and alembic need them below 3.11
 # Binary packages, one wheel per version. PyYAML, MarkupSafe and SQLAlchemy would also run
 # without their compiled parts, but SQLAlchemy alone ships a pure wheel (taken above).
 BINARY=(
     PyYAML MarkupSafe pydantic-core # OmegaConf's YAML, Mako's escaping, pydantic's core
     cffi                            # cryptography's C bindings
 )
-# Binary packages built for CPython's stable ABI: the wheel for 3.10 serves every later version.
+# Binary packages built for CPython's stable ABI: the wheel for the oldest serves every later version.
 ABI3=(cryptography) # the SQLite store's model-registry tables import cryptography.fernet
 # Binary wheels for glibc 2.17-2.28: older than any machine with a current CUDA driver.
 PLATFORMS=(manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_24_x86_64 manylinux_2_28_x86_64)
@@ -99,7 +97,6 @@ rm -rf .gpu/wheels .gpu/wheels.tar.xz .gpu/cp3*.txt .gpu/pylib && mkdir -p .gpu 
 for version in "${PYTHONS[@]}"; do
     tag=cp${version/./}
     pure=("${PURE[@]}")
-    [ "$version" = 3.10 ] && pure+=("${BACKPORTS_3_10[@]}")
     download "$tmp/$tag" "$version" --implementation py --abi none --platform any -- "${pure[@]}"
     download "$tmp/$tag" "$version" "${binary[@]}" --abi "$tag" -- "${BINARY[@]}"
     cp "$tmp/abi3"/*.whl "$tmp/$tag/"
@@ -107,7 +104,7 @@ for version in "${PYTHONS[@]}"; do
     cp -n "$tmp/$tag"/*.whl "$tmp/all/"
 done
 # A wheel is a zip deflated file by file; stored uncompressed in one xz archive, the wheels take
-# about 40% less (36 MiB as wheels), which keeps .data + .gpu under the limit.
+# about 40% less, which keeps .data + .gpu under the limit.
 "$HW3_PY" - "$tmp/all" <<'EOF'
 import sys
 import zipfile
@@ -128,7 +125,7 @@ mib() { du -cb "$@" | awk 'END {printf "%.1f", $1 / 1048576}'; }
 echo "gpu_pack.sh: .data $(mib .data) MiB + .gpu $(mib .gpu) MiB = $(mib .data .gpu) MiB" \
     "($(tar -tJf .gpu/wheels.tar.xz | wc -l) wheels for CPython ${PYTHONS[*]})" >&2
 if awk "BEGIN {exit !($(mib .data .gpu) >= $LIMIT_MIB)}"; then
-    echo "gpu_pack.sh: .data + .gpu is $(mib .data .gpu) MiB, over $LIMIT_MIB MiB: the device tool could not carry it with the tree" >&2
+    echo "gpu_pack.sh: .data + .gpu is $(mib .data .gpu) MiB, over $LIMIT_MIB MiB: over what may travel with the tree" >&2
     exit 1
 fi
 if $prove; then

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Proves here, on the CPU, what gpu_pack.sh packed (run by `bash benchmarks/gpu_pack.sh --prove`):
-# 1. each CPython 3.10-3.13 found on this machine (python3.NN), with nothing but the pack on
+# 1. each CPython 3.11-3.13 found on this machine (python3.NN), with nothing but the pack on
 #    PYTHONPATH, imports what run.py needs and uses a new SQLite store through MLflow (no torch:
 #    these Pythons have none here);
 # 2. a fresh venv with only torch, torchvision and tqdm ($BARE_VENV, default /tmp/hw3-bare; made

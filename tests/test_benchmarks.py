@@ -138,3 +138,24 @@ def test_cli_benchmark_holds_each_command_to_its_reference(data_root: Path):
             assert row["ratio"] == pytest.approx(row["s"] / bound, rel=0.05, abs=0.05)
     assert 0 < result["first_line_s"] < 300
     assert result["peak_mib"]["bare_help"] > 0
+
+
+def test_scale_copies_by_sql_are_the_clients(data_root: Path, tmp_path: Path):
+    # The tiny sweep (run.py), 6 copies of it by the MLflow client and by SQL, the stores compared
+    # as the client reads them, then a relaunch of two copies' seeds on the SQL one: all skip.
+    done = run_cli("benchmarks/scale.py", "--check", "--cache", str(tmp_path), timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "check: the SQL copies are the client's" in done.stdout
+    assert "check: relaunch of seeds [1000, 1005]: " in done.stdout
+
+
+def test_figures_do_not_gain_text_with_seeds(tmp_path: Path):
+    # Per-seed labels only for a few seeds: past that the paired panels name their extremes.
+    result = last_json_line(
+        "benchmarks/figures.py", "--seeds", "3", "400", "--out", str(tmp_path), "--only",
+        "paired", "time",
+    )  # fmt: skip
+    few, many = result["results"]["3"], result["results"]["400"]
+    for name in ("paired", "time"):  # the same titles, labels and ticks; 400 seeds named: 2,400
+        assert many[name]["texts"] <= few[name]["texts"] + 10, name
+    assert (tmp_path / "paired.png").stat().st_size > 10_000

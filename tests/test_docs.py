@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shlex
@@ -189,3 +190,150 @@ def test_each_link_resolves(page):
 def test_readme_links_every_docs_page():
     linked = {(PROJECT_ROOT / t).resolve() for t, _ in links(PROJECT_ROOT / "README.md")}
     assert set(PAGES[1:]) <= linked
+
+
+USER_PAGES = [*PAGES, PROJECT_ROOT / "benchmarks" / "README.md"]
+# Words about how a page was made, not for its reader: issue and pull-request numbers, the
+# history of a change, the session or the tool that wrote or measured it.
+NOT_FOR_READERS = [
+    r"\bissues? #?\d+",
+    r"\b(pull request|PR) #?\d+",
+    r"\bwhen it was filed\b",
+    r"\bwas filed\b",
+    r"\b(before|after) (this|these|the) changes?\b",
+    r"\bthis change\b",
+    r"\bthe issue\b",
+    r"\bthis session\b",
+    r"\bthe session that\b",
+    r"\bdevice tool\b",
+    r"\bfiles_at\b",
+    r"\brun\(command=",
+    r"\bcarry=",
+    r"\btimeout_s\b",
+]
+
+
+def prose(text: str) -> str:
+    """A page without its code blocks and code spans."""
+    numbers = {number for number, _ in code_lines(text)}
+    lines = [line for n, line in enumerate(text.splitlines(), 1) if n not in numbers]
+    return re.sub(r"`[^`]*`", "", "\n".join(lines))
+
+
+@pytest.mark.parametrize("page", USER_PAGES, ids=lambda p: str(p.relative_to(PROJECT_ROOT)))
+def test_pages_speak_to_users(page):
+    text = page.read_text()
+    for pattern in NOT_FOR_READERS:
+        found = [m.group(0) for m in re.finditer(pattern, text, flags=re.IGNORECASE)]
+        assert not found, f"{page.name}: {found} tells how the page was made, not the reader"
+    numbers = re.findall(r"(?<![\w&/\[])#\d+\b", prose(text))  # a number like an issue's
+    assert not numbers, f"{page.name}: {numbers}"
+    for target in re.findall(r"(?<![\w.])((?:\.\./)+[^\s`)\]'\"]*)", text):
+        path = (page.parent / target).resolve()
+        assert path.is_relative_to(PROJECT_ROOT), f"{page.name}: {target} is outside the repository"
+
+
+CONFIGURATION = PROJECT_ROOT / "docs" / "configuration.md"
+# Where the code reads the environment: Python (os.environ / os.getenv) and the shell scripts
+# (a variable read with a default, ${NAME:-…}, is one a user may set).
+PYTHON_SOURCES = ["hw3", "run.py", "analyze.py", "hydra_plugins", "benchmarks", "tests"]
+SHELL_SOURCES = ["scripts", "benchmarks", ".ci"]
+SYSTEM = {"PATH"}  # the shell's own, passed on to subprocesses
+
+
+def section(text: str, heading: str) -> str:
+    """The text under `heading` (a Markdown heading line), up to the next heading."""
+    body = text.split(f"\n{heading}\n", 1)[1]
+    return re.split(r"\n#+ ", body, maxsplit=1)[0]
+
+
+def first_column(text: str) -> set[str]:
+    """The names in backticks in the first cell of each table row."""
+    cells = re.findall(r"^\| ([^|]*(?:\\\|[^|]*)*) \|", text, flags=re.MULTILINE)
+    return {name for cell in cells for name in re.findall(r"`([^`]+)`", cell)}
+
+
+def leaves(node: object, prefix: str = "") -> set[str]:
+    """The dotted keys of a config's leaves (a non-empty mapping is not a leaf)."""
+    if isinstance(node, dict) and node:
+        return set().union(*(leaves(v, f"{prefix}{k}.") for k, v in node.items()))
+    return {prefix.removesuffix(".")}
+
+
+def config_keys(compose_config, config_name: str) -> set[str]:
+    """Every key of a composed config; run.py's over every model, whose options add keys."""
+    if config_name == "analyze":
+        return leaves(OmegaConf.to_container(compose_config(config_name=config_name)))
+    keys = set()
+    for model in sorted(p.stem for p in (PROJECT_ROOT / "conf" / "model").glob("*.yaml")):
+        keys |= leaves(OmegaConf.to_container(compose_config(f"model={model}")))
+    return keys
+
+
+def environment_reads() -> set[str]:
+    """The environment variables the code reads."""
+    names = set()
+    files = chain.from_iterable(
+        [PROJECT_ROOT / s] if s.endswith(".py") else (PROJECT_ROOT / s).rglob("*.py")
+        for s in PYTHON_SOURCES
+    )
+    for path in files:
+        tree = ast.parse(path.read_text())
+        constants = {}  # NAME = "VALUE" and NAME, OTHER = "VALUE", "OTHER"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign):
+                targets, values = node.targets[0], node.value
+                pairs = (
+                    zip(targets.elts, values.elts, strict=False)
+                    if isinstance(targets, ast.Tuple) and isinstance(values, ast.Tuple)
+                    else [(targets, values)]
+                )
+                for target, value in pairs:
+                    if isinstance(target, ast.Name) and isinstance(value, ast.Constant):
+                        constants[target.id] = value.value
+        for node in ast.walk(tree):
+            key = None
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in (
+                "os.environ.get",
+                "os.environ.setdefault",
+                "os.getenv",
+            ):
+                key = node.args[0]
+            elif isinstance(node, ast.Subscript) and ast.unparse(node.value) == "os.environ":
+                key = node.slice
+            if isinstance(key, ast.Constant):
+                names.add(key.value)
+            elif isinstance(key, ast.Name):
+                names.add(constants[key.id])
+    for folder in SHELL_SOURCES:
+        for path in (PROJECT_ROOT / folder).rglob("*"):
+            if path.is_file() and (path.suffix == ".sh" or path.read_bytes().startswith(b"#!")):
+                names |= set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*):?[-=?]", path.read_text()))
+    return names - SYSTEM
+
+
+def test_the_configuration_page_lists_every_key(compose_config):
+    text = CONFIGURATION.read_text()
+    assert first_column(section(text, "## run.py's keys")) == config_keys(compose_config, "config")
+    analyze_only = config_keys(compose_config, "analyze") - config_keys(compose_config, "config")
+    assert first_column(section(text, "## analyze.py's keys")) == analyze_only
+    launchers = set()
+    for path in (PROJECT_ROOT / "conf" / "hydra" / "launcher").glob("*.yaml"):
+        node = OmegaConf.to_container(OmegaConf.load(path))
+        launchers |= {f"hydra.launcher.{k}" for k in leaves(node)}
+    launchers -= {"hydra.launcher.defaults", "hydra.launcher._target_"}
+    assert first_column(section(text, "## Launcher keys")) == launchers
+
+
+def test_the_configuration_page_lists_every_environment_variable():
+    listed = first_column(section(CONFIGURATION.read_text(), "### Read by hw3"))
+    assert listed == environment_reads()
+
+
+def test_the_readme_is_a_front_door():
+    text = (PROJECT_ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 150
+    headings = re.findall(r"^## (.+)$", text, flags=re.MULTILINE)
+    for needed in ("Prerequisites", "Quick start", "Results", "Tests", "Layout"):
+        assert needed in headings, f"README.md: no section {needed}"
+    assert "docs/results.md" in section(text, "## Results")

@@ -35,6 +35,8 @@ finally:
 NEVER_FOR_HELP = ("torch", "torchvision", "mlflow", "sqlalchemy", "submitit", "joblib")
 TORCH = ("torch", "torchvision")
 NEVER_FOR_SKIPS = (*TORCH, "submitit", "joblib", "matplotlib")  # MLflow, to search: yes
+# The training and sweep machinery, which an analysis never needs (nor Hydra's sweep callback).
+TRAINING = ("hw3.engine.train", "hw3.tracking.sweep", "hw3.tracking.training")
 
 
 def traced(tmp: Path, script: str, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -95,3 +97,4 @@ def test_a_relaunch_that_skips_every_job_imports_no_torch_and_reads_no_data(tmp_
     assert analysed.returncode == 0, analysed.stderr[-3000:]
     assert (tmp_path / "report" / "REPORT.md").is_file()
     assert loaded(trace, TORCH) == []
+    assert sorted(m for m in trace["modules"] if m.startswith(TRAINING)) == []

@@ -38,6 +38,7 @@ class AnalyzeConfig(Config):
     sweep_id: str | None = MISSING
     filter: str | None = MISSING
     errorbar: str = MISSING
+    formats: list[str] = MISSING
     confidence: float = MISSING
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     stability: StabilityConfig = field(default_factory=StabilityConfig)

@@ -7,25 +7,31 @@ Figures are `matplotlib.figure.Figure`s rendered by Agg, without pyplot's global
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
+import os
 import textwrap
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
 
+from hw3.analysis.findings import Findings
 from hw3.analysis.intervals import reciprocal
-from hw3.analysis.paired import SUMMARIES, Paired, study_comparisons
+from hw3.analysis.paired import SUMMARIES, Paired
 from hw3.analysis.stability import UNIFORM_LOSS, Stability, final_aggregates
-from hw3.analysis.study import Study, describe, learning_rate, run_means, runs_of, series
+from hw3.analysis.study import Study, learning_rate, run_means, runs_of, series
 
-FORMATS = ("png", "pdf")
+FORMATS = ("png", "pdf")  # what `save` can write
 DPI = 150  # of the PNGs
 PANEL_SIZE = (5.0, 3.6)  # inches per panel
 DODGE = 0.08  # horizontal offset between groups, in passes, so error bars do not overlap
@@ -34,6 +40,10 @@ CUT_UP, CUT_DOWN = "^", "v"  # markers where the axes cut an error bar
 CUT_NOTE = "▲/▼ on an edge: the error bar goes on beyond the axes"
 RUNS_NOTE = "faint dots: individual runs"
 CHARS_PER_INCH = 12  # of a caption line at the "medium" font size
+# Past this many points (or lines) in one artist, it is drawn as an image in a PDF: a reader
+# sees a cloud, not each point, and a PDF of thousands of vector marks is slow and large.
+RASTER_AT = 300
+SEED_LABELS = 12  # label every seed of a paired panel up to this many, else the extremes only
 
 
 @dataclass(frozen=True)
@@ -131,11 +141,13 @@ def caption(study: Study, title: str, notes: Sequence[str], width: float) -> str
     return f"{study.experiment}: {title}\n" + textwrap.fill(body, int(width * CHARS_PER_INCH))
 
 
-def save(fig: Figure, out: Path, name: str) -> list[Path]:
-    """Write `fig` as out/name.png and out/name.pdf."""
-    paths = [out / f"{name}.{ext}" for ext in FORMATS]
-    for path in paths:
+def save(fig: Figure, out: Path, name: str, formats: Sequence[str]) -> list[Path]:
+    """Write `fig` as out/name.<format> for each of `formats` (png, pdf)."""
+    paths = [out / f"{name}.{ext}" for ext in formats]
+    for i, path in enumerate(paths):
         fig.savefig(path, dpi=DPI)
+        if i == 0:  # the layout is settled: later formats need not compute it again
+            fig.set_layout_engine("none")
     return paths
 
 
@@ -214,6 +226,14 @@ def guide_lines(ax: Axes, study: Study, guide: Guide) -> list[float]:
     return [guide.of_lr(lr) for _, lr, _ in lines]
 
 
+def run_marks(n: int) -> dict[str, object]:
+    """How `n` individual runs' dots are drawn: faint, then fainter, smaller and rasterised past
+    RASTER_AT, so that the means and their bars stay in sight."""
+    if n <= RASTER_AT:
+        return {"ms": 5, "alpha": 0.5, "rasterized": False}
+    return {"ms": 2, "alpha": max(0.05, RASTER_AT / n / 4), "rasterized": True}
+
+
 def draw_panel(ax: Axes, study: Study, panel: Panel) -> bool:
     """One panel of per-pass aggregates; whether an error bar was cut by the axes."""
     color = palette(study.groups)
@@ -239,10 +259,9 @@ def draw_panel(ax: Axes, study: Study, panel: Panel) -> bool:
             runs.loc[mine, "pass"] + offset,
             values[mine],
             ".",
-            ms=5,
-            alpha=0.5,
             color=color[group],
             gid="runs",
+            **run_marks(int(mine.sum())),
         )
     ax.set_xlim(runs["pass"].min() - 0.5, runs["pass"].max() + 0.5)  # integer ticks, even for one
     ax.set_title(panel.title)
@@ -306,12 +325,13 @@ def layout_figure(study: Study, layout: Layout) -> Figure | None:
     return fig
 
 
-def time_figure(study: Study) -> Figure | None:
+def time_figure(f: Findings) -> Figure | None:
     """Bars of each group's mean seconds per training pass with the configured error bars."""
-    per_run = run_means(study.tidy, TIME_METRIC)
-    if per_run.empty:
+    study = f.study
+    stats = f.times[f.times["phase"] == TIME_METRIC].set_index("model")
+    if stats.empty:
         return None
-    stats = describe(per_run, ["model"], study.errorbar).set_index("model")
+    per_run = run_means(study.tidy, TIME_METRIC)
     groups = [g for g in study.groups if g in stats.index]
     color = palette(study.groups)
     x = np.arange(len(groups))
@@ -324,14 +344,14 @@ def time_figure(study: Study) -> Figure | None:
     cut = error_bars(
         ax,
         x,
-        *(s[c].to_numpy() for c in ("mean", "low", "high")),
+        *(s[c].to_numpy(dtype=float) for c in ("mean", "low", "high")),
         label="",
         color="black",
         joined=False,
     )
     for i, g in enumerate(groups):
         values = per_run.loc[per_run["model"] == g, "value"]
-        ax.plot(np.full(len(values), i), values, "k.", ms=5, gid="runs")
+        ax.plot(np.full(len(values), i), values, "k.", gid="runs", **run_marks(len(values)))
         ax.annotate(
             f"{stats.loc[g, 'mean']:.3g} s",
             (i, 0),
@@ -436,7 +456,8 @@ def draw_rates(
         ends = (a[c].to_numpy() for c in ("lr", "mean", "low", "high"))
         cut |= error_bars(ax, *ends, label=line, color=color[line], joined=True)
         mine = runs[runs["line"] == line]
-        ax.plot(mine["lr"], mine[panel.column], ".", ms=5, alpha=0.5, color=color[line], gid="runs")
+        marks = run_marks(len(mine))
+        ax.plot(mine["lr"], mine[panel.column], ".", color=color[line], gid="runs", **marks)
         mark_diverged(ax, mine, color[line])
         xs += rate_lines(ax, stability, line, color[line])
     if panel.log:
@@ -492,21 +513,36 @@ def stability_figure(study: Study, stability: Stability) -> Figure:
     return fig
 
 
+def seed_labels(p: Paired) -> dict[int, str]:
+    """The seeds a paired panel names, by position: all of few, else the two extremes of the
+    difference b − a."""
+    if len(p.seeds) <= SEED_LABELS:
+        return {i: f"seed {seed}" for i, seed in enumerate(p.seeds)}
+    high, low = int(p.differences.argmax()), int(p.differences.argmin())
+    return {high: f"seed {p.seeds[high]} (max)", low: f"seed {p.seeds[low]} (min)"}
+
+
 def draw_paired(ax: Axes, p: Paired, color: dict[str, object]) -> None:
-    """One comparison: each seed's two runs joined by a line, the means in black, the mean
-    paired difference and its error bar in the title."""
-    for seed, a, b in zip(p.seeds, p.values_a, p.values_b, strict=True):
-        ax.plot([0, 1], [a, b], color="0.6", lw=1, zorder=1, gid="seed")
+    """One comparison: each seed's two runs joined by a line (its seed named where few, else the
+    extremes), the means in black, the mean paired difference and its error bar in the title."""
+    n = len(p.seeds)
+    segments = [[(0, a), (1, b)] for a, b in zip(p.values_a, p.values_b, strict=True)]
+    marks = run_marks(n)
+    seeds = LineCollection(segments, colors="0.6", linewidths=marks["ms"] / 5, zorder=1)
+    seeds.set(gid="seed", alpha=min(1.0, 2 * marks["alpha"]), rasterized=marks["rasterized"])
+    ax.add_collection(seeds)
+    for i, label in seed_labels(p).items():
         ax.annotate(
-            f"seed {seed}",
-            (1, b),
+            label,
+            (1, p.values_b[i]),
             xytext=(5, 0),
             textcoords="offset points",
             va="center",
             fontsize="x-small",
         )
-    ax.scatter(np.zeros(len(p.seeds)), p.values_a, color=color[p.a], s=16, zorder=2)
-    ax.scatter(np.ones(len(p.seeds)), p.values_b, color=color[p.b], s=16, zorder=2)
+    dots = {"s": 4 if marks["rasterized"] else 16, "zorder": 2, "rasterized": marks["rasterized"]}
+    ax.scatter(np.zeros(n), p.values_a, color=color[p.a], **dots)
+    ax.scatter(np.ones(n), p.values_b, color=color[p.b], **dots)
     means = [float(np.mean(p.values_a)), float(np.mean(p.values_b))]
     ax.plot([0, 1], means, color="black", lw=2, marker="_", ms=14, zorder=3, gid="mean")
     ax.set_xticks([0, 1], [p.a, p.b])
@@ -515,43 +551,91 @@ def draw_paired(ax: Axes, p: Paired, color: dict[str, object]) -> None:
     ax.grid(axis="y", alpha=0.3)
     bar = "no bar: one seed" if math.isnan(p.low) else f"[{p.low:.3g}, {p.high:.3g}]"
     ax.set_title(
-        f"{p.b} vs {p.a}, {SUMMARIES[p.summary]}\n{p.b} − {p.a} = {p.difference:.3g} {bar}",
+        f"{p.b} vs {p.a}, {SUMMARIES[p.summary]}, n = {n}\n"
+        f"{p.b} − {p.a} = {p.difference:.3g} {bar}",
         fontsize="medium",
     )
 
 
-def paired_figure(study: Study) -> Figure | None:
+def paired_figure(f: Findings) -> Figure | None:
     """Whole-run L̂ per seed, paired across models (a row per pair, a column per summary);
     None without two models sharing a seed."""
-    found = study_comparisons(study)
-    if not found:
+    if not f.whole_runs:
         return None
-    rows, cols = len({(p.a, p.b) for p in found}), len(SUMMARIES)
+    rows, cols = len({(p.a, p.b) for p in f.whole_runs}), len(SUMMARIES)
     size = (4.2 * cols, 3.2 * rows + 1.2)
     fig = Figure(figsize=size, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
-    color = palette(study.groups)
-    for ax, p in zip(axes.flat, found, strict=True):
+    color = palette(f.study.groups)
+    for ax, p in zip(axes.flat, f.whole_runs, strict=True):
         draw_paired(ax, p, color)
+    few = max(len(p.seeds) for p in f.whole_runs) <= SEED_LABELS
     notes = [
-        "grey lines: one seed's two runs (same data order)",
+        "grey lines: one seed's two runs (same data order)"
+        + ("" if few else "; named: the seeds of the largest (max) and smallest (min) difference"),
         "black: the means over seeds",
         "in each title: the mean paired difference and its error bar",
     ]
-    fig.suptitle(caption(study, "whole-run L̂, paired by seed", notes, size[0]), fontsize="medium")
+    title = "whole-run L̂, paired by seed"
+    fig.suptitle(caption(f.study, title, notes, size[0]), fontsize="medium")
     return fig
 
 
-def all_figures(study: Study, stability: Stability | None) -> dict[str, Figure]:
+def smoothness_figure(f: Findings) -> Figure | None:
+    """Training loss, test accuracy, L̂ and 1/(mean L̂) against η, per pass (None without L̂)."""
+    return layout_figure(f.study, LAYOUTS[0])
+
+
+def curves_figure(f: Findings) -> Figure | None:
+    """Training and test loss and accuracy per pass (None without a training loss)."""
+    return layout_figure(f.study, LAYOUTS[1])
+
+
+def landscape_figure(f: Findings) -> Figure | None:
+    """The landscape metrics per pass (None if none was logged)."""
+    return layout_figure(f.study, LAYOUTS[2])
+
+
+def rates_figure(f: Findings) -> Figure | None:
+    """Final results against the learning rate (None unless a model's runs differ in η)."""
+    return None if f.stability is None else stability_figure(f.study, f.stability)
+
+
+# Each figure by its file name, in the order REPORT.md shows them.
+FIGURES: dict[str, Callable[[Findings], Figure | None]] = {
+    "smoothness": smoothness_figure,
+    "curves": curves_figure,
+    "landscape": landscape_figure,
+    "time": time_figure,
+    "paired": paired_figure,
+    "stability": rates_figure,
+}
+
+
+def all_figures(f: Findings) -> dict[str, Figure]:
     """Every figure the study's metrics allow, by file name."""
-    figures = {layout.name: layout_figure(study, layout) for layout in LAYOUTS}
-    figures["time"] = time_figure(study)
-    figures["paired"] = paired_figure(study)
-    if stability is not None:
-        figures["stability"] = stability_figure(study, stability)
+    figures = {name: draw(f) for name, draw in FIGURES.items()}
     return {name: fig for name, fig in figures.items() if fig is not None}
 
 
-def draw_all(study: Study, stability: Stability | None, out: Path) -> list[Path]:
-    """Every figure the study's metrics allow, written into `out` as PNG and PDF."""
-    return [p for name, fig in all_figures(study, stability).items() for p in save(fig, out, name)]
+def draw_one(f: Findings, out: Path, formats: Sequence[str], name: str) -> list[Path]:
+    """Figure `name`, written into `out` in each of `formats` (nothing if the study lacks its
+    metrics)."""
+    fig = FIGURES[name](f)
+    return [] if fig is None else save(fig, out, name, formats)
+
+
+def draw_all(f: Findings, out: Path, formats: Sequence[str]) -> list[Path]:
+    """Every figure the study's metrics allow, written into `out` in each of `formats`.
+
+    Figures are independent and drawing them is most of an analysis' time, so where the
+    machine has spare cores they are drawn side by side in forked processes (fork: the child
+    starts with everything imported; elsewhere they are drawn one after another).
+    """
+    draw = partial(draw_one, f, out, formats)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    if cores < 2 or "fork" not in mp.get_all_start_methods():
+        return [p for name in FIGURES for p in draw(name)]
+    workers = min(cores, len(FIGURES))
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+        return [p for paths in pool.map(draw, FIGURES) for p in paths]

@@ -9,11 +9,12 @@ from operator import attrgetter
 from pathlib import Path
 
 from hw3.analysis.config import AnalyzeConfig
-from hw3.analysis.figures import draw_all
+from hw3.analysis.figures import FORMATS, draw_all
+from hw3.analysis.findings import Findings, compute
 from hw3.analysis.intervals import KINDS, ErrorBar
 from hw3.analysis.report import RUNS_CSV, write_report, write_runs, write_summary
-from hw3.analysis.stability import Stability, load_stability
-from hw3.analysis.study import AnalysisError, Study, load_study
+from hw3.analysis.stability import load_stability
+from hw3.analysis.study import AnalysisError, Study, load_study, search
 from hw3.tracking.claim import now_ms
 from hw3.tracking.store import (
     Store,
@@ -24,6 +25,7 @@ from hw3.tracking.store import (
 )
 
 log = logging.getLogger("hw3")
+PARENT = "mlflow.parentRunId"  # the tag MLflow nests a run under its parent by
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Settings:
     errorbar: ErrorBar
     reference_experiments: tuple[str, ...]
     reference_lr: float
+    formats: tuple[str, ...]  # of the figures: png, pdf
 
 
 def settings(cfg: AnalyzeConfig) -> Settings:
@@ -42,13 +45,15 @@ def settings(cfg: AnalyzeConfig) -> Settings:
         ("confidence", 0 < cfg.confidence < 1, "in (0, 1), e.g. 0.95"),
         ("bootstrap.resamples", cfg.bootstrap.resamples >= 1, ">= 1"),
         ("stability.reference_lr", cfg.stability.reference_lr > 0, "> 0"),
+        ("formats", bool(cfg.formats) and set(cfg.formats) <= set(FORMATS), "e.g. [png,pdf]"),
     ]
     for key, ok, must in checks:
         if not ok:
             value = attrgetter(key)(cfg)
             raise AnalysisError(f"invalid {key}={value!r}: it must be {must} (set {key}=VALUE)")
     bar = ErrorBar(cfg.errorbar, cfg.confidence, cfg.bootstrap.resamples, cfg.bootstrap.seed)
-    return Settings(bar, tuple(cfg.stability.reference_experiments), cfg.stability.reference_lr)
+    references = tuple(cfg.stability.reference_experiments)
+    return Settings(bar, references, cfg.stability.reference_lr, tuple(cfg.formats))
 
 
 def raw_override(overrides: Sequence[str], key: str) -> str | None:
@@ -68,30 +73,44 @@ def raw_override(overrides: Sequence[str], key: str) -> str | None:
 class Outcome:
     """What an analysis wrote and where it logged it."""
 
-    study: Study
-    stability: Stability | None
+    findings: Findings
     files: tuple[Path, ...]
     run_id: str
 
 
+def analysis_name(sweep_id: str | None, filter_string: str | None) -> str:
+    """An analysis run's name: what it selected, e.g. 'analysis of sweep 20e78445'."""
+    parts = [f"sweep {sweep_id}"] if sweep_id else []
+    parts += [filter_string] if filter_string else []
+    return f"analysis of {', '.join(parts) or 'all runs'}"
+
+
 def log_analysis(
-    store: Store, study: Study, files: list[Path], params: dict[str, str], started_ms: int
+    store: Store,
+    study: Study,
+    files: list[Path],
+    params: dict[str, str],
+    started_ms: int,
+    name: str,
 ) -> str:
-    """A new run tagged kind=analysis, from `started_ms` to now, holding `files`.
+    """A new run tagged kind=analysis, from `started_ms` to now, holding `files`, with the
+    earlier analyses of the same selection nested under it.
 
     One run per analysis, so that each shows its own time and keeps what it wrote; the
-    analyses of one selection share the tag `analysis_id`.
+    analyses of one selection share the tag `analysis_id`, and only the newest is in view at
+    the top of the experiment's runs.
     """
+    analysis_id = fingerprint({"selection": study.selection})
     tags = {
         "kind": "analysis",
-        "analysis_id": fingerprint({"selection": study.selection}),
+        "analysis_id": analysis_id,
         "analysed_runs": len(study.runs),
         "left_out_runs": len(study.left_out),
         "engine_version": study.engine_version,
         "errorbar": study.errorbar.label,
         **git_state(),
     }
-    run = store.client.create_run(study.experiment_id, started_ms, run_name="analysis")
+    run = store.client.create_run(study.experiment_id, started_ms, run_name=name)
     run_id = run.info.run_id
     try:
         log_values(store, run_id, params=params, tags=tags)
@@ -101,6 +120,12 @@ def log_analysis(
         store.client.set_terminated(run_id, "FAILED")
         raise
     store.client.set_terminated(run_id, "FINISHED")
+    earlier = search(
+        store, study.experiment_id, f"tags.kind = 'analysis' and tags.analysis_id = '{analysis_id}'"
+    )
+    for r in earlier:
+        if r.info.run_id != run_id and r.data.tags.get(PARENT) != run_id:
+            store.client.set_tag(r.info.run_id, PARENT, run_id)
     return run_id
 
 
@@ -120,13 +145,15 @@ def analyze(
         store, experiment, sweep_id=sweep_id, filter_string=filter_string, errorbar=config.errorbar
     )
     stability = load_stability(store, study, config.reference_experiments, config.reference_lr)
+    findings = compute(study, stability)
     out.mkdir(parents=True, exist_ok=True)
-    figures = draw_all(study, stability, out)
+    figures = draw_all(findings, out, config.formats)
     files = [*figures, write_summary(study, out / "summary.csv"), write_runs(study, out / RUNS_CSV)]
-    files.append(write_report(study, stability, figures, out / "REPORT.md"))
+    files.append(write_report(findings, figures, out / "REPORT.md"))
     params = {"sweep_id": sweep_id, "filter": filter_string, "selection": study.selection}
     params = {k: v for k, v in params.items() if v is not None}
-    run_id = log_analysis(store, study, files, params, started_ms)
+    name = analysis_name(sweep_id, filter_string)
+    run_id = log_analysis(store, study, files, params, started_ms, name)
     log.info(
         "analysed %d runs in %d groups (%d left out) → %s; MLflow run %s",
         len(study.runs),
@@ -135,4 +162,4 @@ def analyze(
         out / "REPORT.md",
         run_id,
     )
-    return Outcome(study, stability, tuple(files), run_id)
+    return Outcome(findings, tuple(files), run_id)

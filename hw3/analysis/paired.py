@@ -12,10 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from hw3.analysis.intervals import ErrorBar, bounds, t_multiplier
-from hw3.analysis.study import Study, comparable_pairs
+from hw3.analysis.intervals import ErrorBar, bounds, normal_quantile, t_quantile
 
 SUMMARIES = {"mean": "mean over passes", "final": "final pass"}  # how a run is summed up
 WHOLE_RUN = "smoothness/L"  # the metric a study's whole-run comparisons sum up
@@ -74,12 +72,13 @@ def seeds_needed(mean: float, sd: float, bar: ErrorBar) -> int | None:
         return None
     if bar.kind not in NARROWING:
         return None
-    z = float(stats.norm.ppf((1 + bar.confidence) / 2))
-    for n in range(2, SEEDS_CAP + 1):
-        multiplier = {"t": t_multiplier(bar.confidence, n), "se": 1.0, "bootstrap": z}[bar.kind]
-        if multiplier * sd / math.sqrt(n) < abs(mean):
-            return n
-    return None
+    n = np.arange(2, SEEDS_CAP + 1)
+    if bar.kind == "t":
+        multiplier = t_quantile(bar.confidence, n - 1)
+    else:
+        multiplier = 1.0 if bar.kind == "se" else normal_quantile(bar.confidence)
+    narrow = np.flatnonzero(multiplier * sd / np.sqrt(n) < abs(mean))
+    return int(n[narrow[0]]) if narrow.size else None
 
 
 def run_values(tidy: pd.DataFrame, a: str, b: str, metric: str, summary: str) -> pd.DataFrame:
@@ -126,8 +125,3 @@ def comparisons(
     """Every pair on `metric`, each summed up both ways (SUMMARIES), where they share a seed."""
     found = (paired(tidy, a, b, metric, s, bar) for a, b in pairs for s in SUMMARIES)
     return [p for p in found if p is not None]
-
-
-def study_comparisons(study: Study) -> list[Paired]:
-    """The study's comparable pairs on WHOLE_RUN, each summed up both ways, with its error bar."""
-    return comparisons(study.tidy, comparable_pairs(study), WHOLE_RUN, study.errorbar)

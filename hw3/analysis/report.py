@@ -9,24 +9,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from hw3.analysis.intervals import ErrorBar, reciprocal, welch
-from hw3.analysis.paired import NARROWING, SEEDS_CAP, SUMMARIES, Paired, study_comparisons
+from hw3.analysis.findings import (
+    TIMES,
+    AccuracyGap,
+    Findings,
+    PassByPass,
+    StepBound,
+    Verdict,
+)
+from hw3.analysis.intervals import ErrorBar, reciprocal
+from hw3.analysis.paired import NARROWING, SEEDS_CAP, SUMMARIES, Paired
 from hw3.analysis.stability import UNIFORM_LOSS, Stability
 from hw3.analysis.study import (
     INCIDENTAL,
+    Ordering,
     Study,
-    common_passes,
-    comparable_pairs,
-    describe,
     differing,
-    learning_rate,
-    per_run,
-    run_means,
     runs_of,
+    runs_table,
     seeds,
-    seedwise_order,
     series,
 )
 
@@ -41,11 +43,7 @@ RUN_COLUMNS = [
     "error",
 ]  # fmt: skip
 RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")  # an MLflow run id, elided where reasons are counted
-TIMES = {
-    "time/train_pass_s": "training pass",
-    "time/smoothness_s": "L̂ measurement",
-    "time/eval_s": "evaluation",
-}
+PHASES = dict(zip(TIMES, ("training pass", "L̂ measurement", "evaluation"), strict=True))
 LANDSCAPE = {
     "smoothness/beta": "β-smoothness",
     "smoothness/grad_pred": "gradient predictiveness",
@@ -91,25 +89,7 @@ def write_summary(study: Study, path: Path) -> Path:
 
 def write_runs(study: Study, path: Path) -> Path:
     """Every selected run, used or left out (with why), one row each: RUNS_CSV."""
-    used = [(r, study.labels[r.run_id], "") for r in study.runs]
-    rows = [
-        {
-            "run": r.run_id,
-            "name": r.name,
-            "group": group,
-            "seed": r.seed,
-            "status": r.status,
-            "used": not why,
-            "why": why,
-            "diverged_pass": r.diverged_pass,
-            "engine_version": r.engine_version,
-            "error": r.error,
-        }
-        for r, group, why in [*used, *((r, r.model, why) for r, why in study.left_out)]
-    ]
-    pd.DataFrame(rows, columns=RUN_COLUMNS).astype({"diverged_pass": "Int64"}).to_csv(
-        path, index=False
-    )
+    runs_table(study)[RUN_COLUMNS].to_csv(path, index=False)
     return path
 
 
@@ -155,35 +135,27 @@ def final_table(study: Study) -> list[str]:
     return lines
 
 
-def time_table(study: Study) -> list[str]:
+def time_table(f: Findings) -> list[str]:
     """Markdown table: per group, seconds per pass of each timed phase, over runs."""
-    present = [m for m in TIMES if m in set(study.tidy["metric"])]
-    if not present:
+    if f.times.empty:
         return ["No timings were logged."]
-    per_phase = {
-        m: describe(run_means(study.tidy, m), ["model"], study.errorbar).set_index("model")
-        for m in present
-    }
+    present = list(dict.fromkeys(f.times["phase"]))
+    stats = f.times.set_index(["phase", "model"])
     lines = [
-        "| model | " + " | ".join(f"{TIMES[m]} (s)" for m in present) + " |",
+        "| model | " + " | ".join(f"{PHASES[m]} (s)" for m in present) + " |",
         "|---" * (len(present) + 1) + "|",
     ]
-    for g in study.groups:
+    for g in f.study.groups:
         cells = [
-            cell(*per_phase[m].loc[g, ["mean", "low", "high", "n"]])
-            if g in per_phase[m].index
-            else "–"
+            cell(*stats.loc[(m, g), ["mean", "low", "high", "n"]]) if (m, g) in stats.index else "–"
             for m in present
         ]
         lines.append(f"| {g} | " + " | ".join(cells) + " |")
     return lines
 
 
-def order_sentence(study: Study, a: str, b: str, metric: str, name: str) -> str | None:
-    """Seed by seed, pass by pass: whether one group's `metric` stays above the other's."""
-    order = seedwise_order(study.tidy, a, b, metric)
-    if order is None:
-        return None
+def order_sentence(order: Ordering, name: str) -> str:
+    """Seed by seed, pass by pass: whether one group's metric stays above the other's."""
     verdict = "holds" if order.holds == order.pairs else "does not hold"
     text = (
         f"Per seed (seeds {listing(list(order.seeds))}), {name} of {order.above} is above that "
@@ -198,66 +170,38 @@ def order_sentence(study: Study, a: str, b: str, metric: str, name: str) -> str 
     return text + "."
 
 
-def smoothness_findings(study: Study) -> list[str]:
-    """Per comparable pair: at how many passes the second's mean L̂ is below the first's, and
-    whether the ordering holds seed by seed."""
-    out = []
-    for a, b, both in common_passes(study.summary, comparable_pairs(study), "smoothness/L"):
-        below = int((both[b] < both[a]).sum())
-        last = both.iloc[-1]
-        text = (
-            f"**L̂, {b} vs {a}:** the mean L̂ of {b} is below that of {a} at {below} of "
-            f"{len(both)} passes; at pass {int(last['pass'])} it is {num(last[b])} vs "
-            f"{num(last[a])} (ratio {num(last[b] / last[a])})."
-        )
-        seedwise = order_sentence(study, a, b, "smoothness/L", "L̂")
-        out.append(f"{text} {seedwise}" if seedwise else text)
-    return out
+def smoothness_sentence(c: PassByPass) -> str:
+    """At how many passes b's mean L̂ is below a's, and whether it holds seed by seed."""
+    text = (
+        f"**L̂, {c.b} vs {c.a}:** the mean L̂ of {c.b} is below that of {c.a} at {c.below} of "
+        f"{len(c.passes)} passes; at pass {c.passes[-1]} it is {num(c.mean_b[-1])} vs "
+        f"{num(c.mean_a[-1])} (ratio {num(c.last_ratio)})."
+    )
+    return f"{text} {order_sentence(c.seedwise, 'L̂')}" if c.seedwise else text
 
 
-def step_findings(study: Study) -> list[str]:
-    """Per group: 1/(mean L̂) against the learning rate, per pass and per run."""
-    out = []
-    for g in study.groups:
-        s = series(study.summary, g, "smoothness/L")
-        if s.empty:
-            continue
-        lr = learning_rate(study, g)
-        bound = 1 / s["mean"]
-        rows = study.tidy[(study.tidy["model"] == g) & (study.tidy["metric"] == "smoothness/L")]
-        points = 1 / rows["value"]
-        out.append(
-            f"**1/L̂ vs η, {g}:** 1/(mean L̂ over seeds) is above the learning rate η = {num(lr)} "
-            f"(a step η ≤ 1/L̂ decreases an L̂-smooth loss: the descent lemma) at "
-            f"{int((bound > lr).sum())} of {plural(len(s), 'pass')}, from {num(bound.min())} to "
-            f"{num(bound.max())}; per run, 1/L̂ ranges from {num(points.min())} to "
-            f"{num(points.max())} over {plural(rows['run'].nunique(), 'run')} × "
-            f"{plural(rows['pass'].nunique(), 'pass')} and is above η at "
-            f"{int((points > lr).sum())} of {len(rows)} (run, pass) points."
-        )
-    return out
+def step_sentence(s: StepBound) -> str:
+    """A group's 1/(mean L̂) against the learning rate, per pass and per run."""
+    return (
+        f"**1/L̂ vs η, {s.group}:** 1/(mean L̂ over seeds) is above the learning rate η = "
+        f"{num(s.lr)} (a step η ≤ 1/L̂ decreases an L̂-smooth loss: the descent lemma) at "
+        f"{s.passes_above} of {plural(s.passes, 'pass')}, from {num(s.bound_min)} to "
+        f"{num(s.bound_max)}; per run, 1/L̂ ranges from {num(s.point_min)} to "
+        f"{num(s.point_max)} over {plural(s.runs, 'run')} × {plural(s.run_passes, 'pass')} and "
+        f"is above η at {s.points_above} of {s.points} (run, pass) points."
+    )
 
 
-def accuracy_findings(study: Study, metric: str = "test/acc") -> list[str]:
-    """Per comparable pair: the final-pass accuracy gap with a Welch t interval."""
-    out = []
-    level = f"{study.errorbar.confidence:.0%}"
-    for a, b, both in common_passes(study.summary, comparable_pairs(study), metric):
-        at = int(both["pass"].max())
-        va, vb = per_run(study.tidy, a, metric, at), per_run(study.tidy, b, metric, at)
-        diff = welch(va, vb, study.errorbar.confidence)
-        estimate = sum(va) / len(va) - sum(vb) / len(vb)
-        gap = f"**`{metric}` at pass {at}, {a} − {b}:** {estimate:+.4g}"
-        if diff is None:
-            out.append(f"{gap} (no interval: a group has a single seed).")
-            continue
-        verdict = "excludes" if diff.low > 0 or diff.high < 0 else "includes"
-        out.append(
-            f"{gap}, {level} Welch t interval [{num(diff.low)}, {num(diff.high)}] "
-            f"(unequal variances, df = {num(diff.dof)}; n = {len(va)} and {len(vb)}); "
-            f"it {verdict} 0."
-        )
-    return out
+def accuracy_sentence(g: AccuracyGap, confidence: float) -> str:
+    """The final-pass accuracy gap with its Welch t interval."""
+    gap = f"**`{g.metric}` at pass {g.at_pass}, {g.a} − {g.b}:** {g.estimate:+.4g}"
+    if g.interval is None:
+        return f"{gap} (no interval: a group has a single seed)."
+    return (
+        f"{gap}, {confidence:.0%} Welch t interval [{num(g.interval.low)}, "
+        f"{num(g.interval.high)}] (unequal variances, df = {num(g.interval.dof)}; n = {g.n_a} "
+        f"and {g.n_b}); it {'excludes' if g.excludes_zero else 'includes'} 0."
+    )
 
 
 def seeds_needed_text(p: Paired, bar: ErrorBar) -> str:
@@ -292,10 +236,9 @@ def whole_run_sentence(p: Paired, bar: ErrorBar) -> str:
     )
 
 
-def whole_run_lines(study: Study) -> list[str]:
+def whole_run_lines(f: Findings) -> list[str]:
     """REPORT.md's section of whole-run comparisons, one sentence each (none without L̂)."""
-    found = study_comparisons(study)
-    if not found:
+    if not f.whole_runs:
         return []
     return [
         "## Whole runs, paired by seed",
@@ -303,41 +246,39 @@ def whole_run_lines(study: Study) -> list[str]:
         "Each run summed up in one number (L̂'s mean over its passes, or its final-pass value); "
         "two models compared seed by seed, since a seed fixes the data order both saw.",
         "",
-        *(f"- {whole_run_sentence(p, study.errorbar)}" for p in found),
+        *(f"- {whole_run_sentence(p, f.study.errorbar)}" for p in f.whole_runs),
         "",
     ]
 
 
-def landscape_lines(study: Study) -> list[str]:
+def landscape_lines(f: Findings) -> list[str]:
     """Seed-by-seed orderings of the landscape metrics, and sharpness against 2/η."""
-    present = [m for m in LANDSCAPE if m in set(study.tidy["metric"])]
-    if not present:
+    if not f.landscape and not f.edges:
         return []
-    out = []
-    for metric in present:
-        for a, b in comparable_pairs(study):
-            if (text := order_sentence(study, a, b, metric, LANDSCAPE[metric])) is not None:
-                out.append(f"- **{LANDSCAPE[metric]}, {a} vs {b}:** {text}")
-    if "smoothness/sharpness" in present:
-        for g in study.groups:
-            rows = study.tidy[
-                (study.tidy["model"] == g) & (study.tidy["metric"] == "smoothness/sharpness")
-            ]
-            if rows.empty:
-                continue
-            edge = 2 / learning_rate(study, g)
-            out.append(
-                f"- **λ_max vs 2/η, {g}:** λ_max is above the edge of stability 2/η = "
-                f"{num(edge)} at {int((rows['value'] > edge).sum())} of {len(rows)} (run, pass) "
-                f"points (range {num(rows['value'].min())} to {num(rows['value'].max())})."
-            )
+    out = [
+        f"- **{LANDSCAPE[o.metric]}, {o.pair[0]} vs {o.pair[1]}:** "
+        + order_sentence(o, LANDSCAPE[o.metric])
+        for o in f.landscape
+    ]
+    out += [
+        f"- **λ_max vs 2/η, {e.group}:** λ_max is above the edge of stability 2/η = "
+        f"{num(e.edge)} at {e.above} of {e.points} (run, pass) points (range {num(e.low)} to "
+        f"{num(e.high)})."
+        for e in f.edges
+    ]
     return ["## Loss landscape", "", *out, ""]
 
 
-def stability_lines(study: Study, stability: Stability | None) -> list[str]:
+def rate(lr: float) -> str:
+    """A learning rate as the report writes it, 'none' for NaN."""
+    return "none" if math.isnan(lr) else f"{lr:g}"
+
+
+def stability_lines(f: Findings) -> list[str]:
     """The stability section: per model, runs, divergence and the largest stable rate, set
     against 1/L̂ (and 2/λ_max) measured at the reference rate; the verdict."""
-    if stability is None:
+    stability = f.stability
+    if stability is None or f.verdict is None:
         return []
     ref = stability.reference
     text = [
@@ -363,14 +304,13 @@ def stability_lines(study: Study, stability: Stability | None) -> list[str]:
         diverged = ", ".join(
             f"{r.diverged} at η = {r.lr:g}" for r in rates.itertuples() if r.diverged
         )
-        best = stability.largest_stable[line]
         text.append(
             f"| {line} | {', '.join(f'{lr:g}' for lr in rates['lr'])} | {rates['runs'].sum()} | "
             f"{rates['diverged'].sum()}{f' ({diverged})' if diverged else ''} | "
-            f"{'none' if math.isnan(best) else f'{best:g}'} | {num(inv)} | {num(edge)} |"
+            f"{rate(stability.largest_stable[line])} | {num(inv)} | {num(edge)} |"
         )
-    text += ["", *reference_lines(stability, study.engine_version), "", verdict(stability), ""]
-    return text
+    reference = reference_lines(stability, f.study.engine_version)
+    return [*text, "", *reference, "", verdict_sentence(f.verdict), ""]
 
 
 def reference_lines(stability: Stability, engine_version: str) -> list[str]:
@@ -398,34 +338,24 @@ def reference_lines(stability: Stability, engine_version: str) -> list[str]:
     ]
 
 
-def verdict(stability: Stability) -> str:
+def verdict_sentence(v: Verdict) -> str:
     """Whether the model smoother by L̂ is also the one that tolerates the largest steps."""
-    inv = stability.reference.table["inv_L"].dropna()
-    model = {line: stability.model(line) for line in stability.lines}
-    lines = [line for line in stability.lines if model[line] in inv.index]
-    if len(lines) < 2:
+    head = "**Smoother by L̂ = tolerates larger steps?**"
+    if not v.stated:
         return (
-            "**Smoother by L̂ = tolerates larger steps?** Not stated: fewer than two models have "
-            "both a stable-rate result and a reference L̂."
+            f"{head} Not stated: fewer than two models have both a stable-rate result and a "
+            "reference L̂."
         )
-    smoothest = max(lines, key=lambda line: inv[model[line]])
-    best = {line: stability.largest_stable[line] for line in lines}
-    reach = {line: -math.inf if math.isnan(v) else v for line, v in best.items()}
-    top = max(reach.values())
-    winners = [line for line in lines if reach[line] == top]
+    answer = {
+        "yes": "yes: it also has the largest stable learning rate",
+        "tied": f"tied: {', '.join(v.winners)} share the largest stable learning rate of the grid",
+        "no": f"no: {', '.join(v.winners)} tolerate(s) larger steps",
+    }[v.answer]
     shown = "; ".join(
-        f"{line}: 1/L̂ {num(inv[model[line]])}, largest stable η "
-        f"{'none' if math.isnan(best[line]) else f'{best[line]:g}'}"
-        for line in lines
+        f"{line}: 1/L̂ {num(inv)}, largest stable η {rate(v.largest_stable[line])}"
+        for line, inv in v.inv_l.items()
     )
-    head = f"**Smoother by L̂ = tolerates larger steps?** The model smoothest by L̂ is {smoothest}"
-    if winners == [smoothest]:
-        answer = "yes: it also has the largest stable learning rate"
-    elif smoothest in winners:
-        answer = f"tied: {', '.join(winners)} share the largest stable learning rate of the grid"
-    else:
-        answer = f"no: {', '.join(winners)} tolerate(s) larger steps"
-    return f"{head}; {answer} ({shown})."
+    return f"{head} The model smoothest by L̂ is {v.smoothest}; {answer} ({shown})."
 
 
 def config_lines(study: Study) -> list[str]:
@@ -525,26 +455,32 @@ def left_out_lines(study: Study) -> list[str]:
     return lines
 
 
-def figure_lines(figures: list[Path]) -> list[str]:
-    """Markdown embedding each PNG, with a link to its PDF."""
+def figure_lines(figures: Sequence[Path]) -> list[str]:
+    """Markdown embedding each PNG, with a link to its PDF where one was written."""
+    pdfs = {p.stem for p in figures if p.suffix == ".pdf"}
     lines = []
     for png in (p for p in figures if p.suffix == ".png"):
-        lines += [f"![{png.stem}]({png.name})", f"[{png.stem}.pdf]({png.stem}.pdf)", ""]
+        lines += [f"![{png.stem}]({png.name})"]
+        lines += [f"[{png.stem}.pdf]({png.stem}.pdf)"] if png.stem in pdfs else []
+        lines += [""]
     return lines
 
 
-def write_report(
-    study: Study, stability: Stability | None, figures: list[Path], path: Path
-) -> Path:
+def write_report(f: Findings, figures: Sequence[Path], path: Path) -> Path:
     """REPORT.md: the groups, findings, figures, final-pass metrics, timings, divergences and
     left-out runs."""
+    study = f.study
     group_lines = [
         f"- **{g}**: n = {plural(len(s), 'seed')} ({listing(s)})"
         + (f", {d} diverged" if (d := sum(r.diverged for r in runs_of(study, g))) else "")
         for g in study.groups
         for s in [seeds(study, g)]
     ]
-    findings = smoothness_findings(study) + step_findings(study) + accuracy_findings(study)
+    findings = [
+        *map(smoothness_sentence, f.smoothness),
+        *map(step_sentence, f.step_bounds),
+        *(accuracy_sentence(g, study.errorbar.confidence) for g in f.accuracy),
+    ]
     text = [
         f"# Analysis of experiment `{study.experiment}`",
         "",
@@ -560,11 +496,11 @@ def write_report(
         "",
         "## Findings",
         "",
-        *(f"- {f}" for f in findings or ["No pair of groups to compare."]),
+        *(f"- {line}" for line in findings or ["No pair of groups to compare."]),
         "",
-        *whole_run_lines(study),
-        *landscape_lines(study),
-        *stability_lines(study, stability),
+        *whole_run_lines(f),
+        *landscape_lines(f),
+        *stability_lines(f),
         "## Figures",
         "",
         *figure_lines(figures),
@@ -575,7 +511,7 @@ def write_report(
         f"## Seconds per pass: each run's mean over its passes; mean [{study.errorbar.label}] "
         "(n) over runs",
         "",
-        *time_table(study),
+        *time_table(f),
         "",
         "## Diverged",
         "",

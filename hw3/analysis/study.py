@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import combinations
 
 import numpy as np
@@ -319,6 +319,8 @@ def common_passes(
 class Ordering:
     """Seed by seed and pass by pass: is `above`'s value of a metric above `below`'s?"""
 
+    metric: str
+    pair: tuple[str, str]  # the groups as compared (a, b), whichever is above
     above: str
     below: str
     seeds: tuple[int, ...]  # the seeds both groups ran
@@ -338,11 +340,14 @@ def seedwise_order(tidy: pd.DataFrame, a: str, b: str, metric: str) -> Ordering 
     both = va.merge(vb, on=["seed", "pass"], suffixes=("_a", "_b"))
     if both.empty:
         return None
+    pair = (a, b)
     higher = both["value_a"] > both["value_b"]
     if int(higher.sum()) * 2 < len(both):
         a, b, higher = b, a, both["value_b"] > both["value_a"]
     every_seed = higher.groupby(both["pass"]).all()
     return Ordering(
+        metric=metric,
+        pair=pair,
         above=a,
         below=b,
         seeds=tuple(sorted(int(s) for s in both["seed"].unique())),
@@ -424,3 +429,87 @@ def learning_rate(study: Study, group: str) -> float:
     """The learning rate a group's runs used (NaN if unknown)."""
     value = param(study, group, "optimizer.lr")
     return math.nan if value is None else float(value)
+
+
+def numbers_where_numeric(column: pd.Series) -> pd.Series:
+    """A column of param strings as numbers if every value given is one, else as it is."""
+    converted = pd.to_numeric(column, errors="coerce")
+    return converted if converted.notna().sum() == column.notna().sum() else column
+
+
+def as_value(text: str) -> float | str:
+    """A logged value as a number if it reads as one, else the text."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def runs_table(study: Study) -> pd.DataFrame:
+    """One row per selected run, used or left out (with why): who it is, its group, status and
+    config (each param a column, numbers as numbers)."""
+    rank = {g: i for i, g in enumerate(study.groups)}
+    used = sorted(study.runs, key=lambda r: (rank[study.labels[r.run_id]], r.seed))
+    rows = [(r, study.labels[r.run_id], "") for r in used]
+    rows += [(r, r.model, why) for r, why in study.left_out]
+    table = pd.DataFrame(
+        {
+            "run": [r.run_id for r, _, _ in rows],
+            "name": [r.name for r, _, _ in rows],
+            "group": [group for _, group, _ in rows],
+            "model": [r.model for r, _, _ in rows],
+            "seed": [r.seed for r, _, _ in rows],
+            "status": [r.status for r, _, _ in rows],
+            "used": [not why for _, _, why in rows],
+            "why": [why for _, _, why in rows],
+            "diverged_pass": pd.array([r.diverged_pass for r, _, _ in rows], dtype="Int64"),
+            "engine_version": [r.engine_version for r, _, _ in rows],
+            "sweep_id": [r.sweep_id for r, _, _ in rows],
+            "start_time": pd.to_datetime([r.start_time for r, _, _ in rows], unit="ms", utc=True),
+            "error": [r.error for r, _, _ in rows],
+        }
+    )
+    params = pd.DataFrame([r.params for r, _, _ in rows], index=table.index)
+    params = params.drop(columns=[c for c in params if c in table], errors="ignore")
+    config = params[sorted(params.columns)].apply(numbers_where_numeric)
+    return pd.concat([table, config], axis=1)
+
+
+def matches(value: str | None, wanted: object) -> bool:
+    """Whether a logged value (a string) is `wanted`: equal as text or as a number, one of a
+    list, tuple or set, or accepted by a function."""
+    if callable(wanted):
+        return value is not None and bool(wanted(as_value(value)))
+    if isinstance(wanted, (list, tuple, set, frozenset)):
+        return any(matches(value, w) for w in wanted)
+    if value is None:
+        return wanted is None
+    if isinstance(wanted, (int, float)) and not isinstance(wanted, bool):
+        return as_value(value) == wanted
+    return value == str(wanted)
+
+
+def where(study: Study, config: dict[str, object]) -> Study:
+    """The study of the runs whose config has the values in `config` (keys as logged, such as
+    `model`, `seed` or `optimizer.lr`), regrouped and aggregated again."""
+
+    def keep(r: TrainRun) -> bool:
+        logged = r.params | {"model": r.model, "seed": str(r.seed)}
+        return all(matches(logged.get(k), v) for k, v in config.items())
+
+    runs = [r for r in study.runs if keep(r)]
+    if not runs:
+        raise AnalysisError(f"none of the study's {len(study.runs)} runs has {config}")
+    labels = group_labels(runs, frozenset())
+    groups = order_groups(labels, runs)
+    tidy = study.tidy[study.tidy["run"].isin(labels)].assign(model=lambda t: t["run"].map(labels))
+    return replace(
+        study,
+        selection=f"{study.selection}, then {config}",
+        runs=tuple(runs),
+        left_out=tuple((r, why) for r, why in study.left_out if keep(r)),
+        labels=labels,
+        groups=groups,
+        tidy=tidy.sort_values(["model", "seed", "metric", "pass"]).reset_index(drop=True),
+        summary=aggregate(tidy, groups, study.errorbar),
+    )

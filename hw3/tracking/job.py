@@ -39,12 +39,12 @@ from hw3.tracking.stopping import REQUEUE_SIGNAL, Stopped, jobs_stop_at_once, re
 from hw3.tracking.store import (
     Store,
     TrackingError,
+    checkpoint_folder,
     connect,
     experiment_id,
     find_runs,
     fingerprint,
     git_state,
-    local_folder,
     log_values,
     logged_steps,
     redact,
@@ -267,7 +267,7 @@ def _claim_run(
     cfg, name = spec.cfg, spec.name
     config_fp = config_fingerprint(cfg)
     fp = run_fingerprint(config_fp, files.digest)
-    folder = local_folder(resolve_path(cfg.trainer.checkpoint_dir), store, experiment)
+    folder = checkpoint_folder(cfg.trainer.checkpoint_dir, store, experiment)
     # One claim per configuration, not per run fingerprint: a job acts on every run of its
     # configuration (a run resumed on repaired data takes the new fingerprint, runs of other
     # engine code or data are superseded), so no other process may act on any of them meanwhile.

@@ -76,7 +76,7 @@ class TrainerConfig:
     cuda_graphs: bool = MISSING
     deterministic: bool = MISSING
     on_divergence: str = MISSING
-    checkpoint_dir: str = MISSING
+    checkpoint_dir: str | None = MISSING
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -38,6 +39,8 @@ from tqdm import tqdm
 from hw3.tracking.claim import file_lock
 from hw3.tracking.errors import first_line
 from hw3.tracking.schema import PROJECT_ROOT
+
+log = logging.getLogger("hw3")
 
 DEFAULT_STORE = PROJECT_ROOT / "mlruns"
 SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
@@ -112,6 +115,42 @@ def local_folder(root: Path, store: Store, experiment: str) -> Path:
     db = _sqlite_path(store.uri)
     where = str(db.resolve()) if db is not None else redact(store.uri).rstrip("/").lower()
     return root / hashlib.sha256(where.encode()).hexdigest()[:12] / experiment
+
+
+# Where checkpoints went by default before they moved beside their store.
+OLD_CHECKPOINTS = PROJECT_ROOT / "outputs" / "checkpoints"
+SERVER_CHECKPOINTS = Path("~/.cache/hw3/checkpoints").expanduser()
+
+
+def checkpoint_folder(setting: str | None, store: Store, experiment: str) -> Path:
+    """The folder for one experiment's checkpoints and claims (trainer.checkpoint_dir=`setting`).
+
+    null: beside the store, as SQLite's own side files are: <db>-checkpoints/<experiment> (the
+    project store's: mlruns/mlflow.db-checkpoints/1); for a server or another kind of store,
+    ~/.cache/hw3/checkpoints/<its address>/<experiment>. What an earlier version left in
+    outputs/checkpoints/<12-hex>/<experiment> is moved there first, so it still resumes.
+    A folder: `local_folder` under it (relative: from the project root).
+    """
+    if setting is not None:
+        return local_folder(_from_root(setting), store, experiment)
+    db = _sqlite_path(store.uri)
+    if db is not None:
+        folder = db.resolve().parent / f"{db.name}-checkpoints" / experiment
+    else:
+        address = re.sub(r"[^\w.]+", "-", redact(store.uri).lower()).strip("-")
+        folder = SERVER_CHECKPOINTS / address / experiment
+    old = local_folder(OLD_CHECKPOINTS, store, experiment)
+    if old.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        for entry in old.iterdir():
+            try:  # a rename is atomic: of two jobs moving one file, one moves it
+                if not (folder / entry.name).exists():
+                    entry.rename(folder / entry.name)
+            except FileNotFoundError:
+                pass
+            except OSError as e:  # another filesystem
+                log.warning("checkpoint %s not moved (%s): move it to %s", entry, e, folder)
+    return folder
 
 
 def _create_sqlite_store(db: Path) -> None:

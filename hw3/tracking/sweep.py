@@ -17,17 +17,16 @@ from omegaconf import DictConfig, OmegaConf
 from hw3.tracking.claim import Heartbeat, file_lock, holder_tags, live_holder, now_ms
 from hw3.tracking.errors import LaunchFailed, first_line
 from hw3.tracking.relaunch import REPLACED_TAGS
-from hw3.tracking.schema import resolve_path
 from hw3.tracking.stopping import launch_stops_cleanly, received
 from hw3.tracking.store import (
     Store,
     TrackingError,
+    checkpoint_folder,
     connect,
     experiment_id,
     find_runs,
     fingerprint,
     git_state,
-    local_folder,
     log_values,
     redact,
 )
@@ -170,7 +169,7 @@ class MlflowSweep(Callback):
         experiment = experiment_id(store, name)
         sid = sweep_id(config)
         # Two copies of one sweep launched at once must share one parent run.
-        folder = local_folder(resolve_path(config.trainer.checkpoint_dir), store, experiment)
+        folder = checkpoint_folder(config.trainer.checkpoint_dir, store, experiment)
         folder.mkdir(parents=True, exist_ok=True)
         stale_after_s = config.tracking.stale_after_s
         overrides = redact(" ".join(config.hydra.overrides.task))

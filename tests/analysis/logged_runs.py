@@ -20,7 +20,7 @@ SMOOTHNESS = {"plain": [10.0, 10.0, 10.0], "bn": [12.0, 8.0, 8.0], "stride": [11
 
 def settings(errorbar: str, *, resamples: int = 1000, seed: int = 0) -> Settings:
     """Analysis settings with `errorbar`, a 95% level and REFERENCE at η = LR."""
-    return Settings(ErrorBar(errorbar, 0.95, resamples, seed), (REFERENCE,), LR)
+    return Settings(ErrorBar(errorbar, 0.95, resamples, seed), (REFERENCE,), LR, ("png", "pdf"))
 
 
 def history(model: str, seed: int, *, smoothness: bool = True) -> dict[str, list[float]]:

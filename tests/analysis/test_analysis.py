@@ -24,6 +24,7 @@ from scipy import stats
 
 from hw3.analysis import config as analysis_config
 from hw3.analysis import job as analysis_job
+from hw3.analysis.findings import compute
 from hw3.analysis.intervals import ErrorBar
 from hw3.analysis.job import Settings, analyze
 from hw3.analysis.report import write_report, write_summary
@@ -47,7 +48,7 @@ def report_only(uri: str, out: Path, errorbar: str = "t") -> Study:
     )
     out.mkdir()
     write_summary(study, out / "summary.csv")
-    write_report(study, None, [], out / "REPORT.md")
+    write_report(compute(study), [], out / "REPORT.md")
     return study
 
 
@@ -100,7 +101,7 @@ def test_summary_matches_means_stds_and_t_intervals(tmp_path, store):
     assert list(summary["model"].unique()) == ["plain", "bn"]
 
 
-def test_figures_are_png_and_pdf(tmp_path, store):
+def test_figures_are_png_and_pdf_on_request(tmp_path, store):
     uri, client, exp = store
     log_grid(client, exp, ("plain", "stride"), n_seeds=2)
     outcome = run_analysis(uri, tmp_path / "out")
@@ -258,7 +259,9 @@ def test_each_analysis_is_a_run_of_its_own_time_ignored_by_the_next_analysis(tmp
     assert logged == {p.name for p in first.files}
     assert {"REPORT.md", "summary.csv", "runs.csv", "smoothness.png", "time.pdf"} <= logged
     second = run_analysis(uri, tmp_path / "b")
-    assert [r.run_id for r in second.study.runs] == [r.run_id for r in first.study.runs]
+    assert [r.run_id for r in second.findings.study.runs] == [
+        r.run_id for r in first.findings.study.runs
+    ]
     assert (tmp_path / "a" / "summary.csv").read_text() == (
         tmp_path / "b" / "summary.csv"
     ).read_text()
@@ -280,13 +283,38 @@ def test_each_analysis_is_a_run_of_its_own_time_ignored_by_the_next_analysis(tmp
     assert client.get_run(other.run_id).data.tags["analysis_id"] != run.data.tags["analysis_id"]
 
 
+def test_only_the_newest_analysis_of_a_selection_is_in_view(tmp_path, store):
+    uri, client, exp = store
+    jobs = [log_run(client, exp, "plain", seed, tags={"sweep_id": "abc123"}) for seed in range(2)]
+    log_sweep(client, exp, "abc123", jobs)
+    everything = [run_analysis(uri, tmp_path / f"all{i}").run_id for i in range(3)]
+    sweep = run_analysis(uri, tmp_path / "sweep", sweep_id="abc1").run_id
+    picked = run_analysis(uri, tmp_path / "f", filter_string="tags.model = 'plain'").run_id
+
+    def parent(run_id: str) -> str | None:
+        return client.get_run(run_id).data.tags.get("mlflow.parentRunId")
+
+    # The newest of each selection is at the top; the earlier ones are nested under it.
+    assert [parent(r) for r in everything] == [everything[2], everything[2], None]
+    assert parent(sweep) is None and parent(picked) is None
+    names = {r: client.get_run(r).info.run_name for r in (everything[2], sweep, picked)}
+    assert names == {
+        everything[2]: "analysis of all runs",
+        sweep: "analysis of sweep abc1",
+        picked: "analysis of tags.model = 'plain'",
+    }
+
+
 def test_analyze_presets_name_their_experiment(compose_config):
     cfg = compose_config("experiment=batchnorm", config_name="analyze")
     assert cfg.tracking.experiment == "hw3-batchnorm"
     assert cfg.out.endswith("reports/hw3-batchnorm")
     assert cfg.sweep_id is None and cfg.filter is None
     assert cfg.errorbar == "range" and analysis_job.settings(OmegaConf.to_object(cfg)) == Settings(
-        ErrorBar("range", 0.95, 10_000, 0), ("hw3-batchnorm", "hw3-stride", "hw3-landscape"), 0.04
+        ErrorBar("range", 0.95, 10_000, 0),
+        ("hw3-batchnorm", "hw3-stride", "hw3-landscape"),
+        0.04,
+        ("png",),
     )
 
 
@@ -340,7 +368,15 @@ def test_cli_takes_sweep_ids_as_typed(tmp_path, store):
         assert f"- **{model}**: n = 2 seeds (0, 1)" in report
         other = ({"plain", "bn"} - {model}).pop()
         assert f"- **{other}**" not in report
-        assert (out / "curves.pdf").read_bytes().startswith(PDF)
+        assert (out / "curves.png").read_bytes().startswith(PNG)
+        assert not (out / "curves.pdf").exists()  # PDFs only on request (formats=)
+        assert "[curves.pdf]" not in report
+    pdf = run_cli(
+        "analyze.py", *common, "sweep_id=0123", f"out={tmp_path / 'pdf'}", "formats=[png,pdf]"
+    )
+    assert pdf.returncode == 0, pdf.stderr
+    assert (tmp_path / "pdf" / "curves.pdf").read_bytes().startswith(PDF)
+    assert "[curves.pdf](curves.pdf)" in (tmp_path / "pdf" / "REPORT.md").read_text()
     none = run_cli("analyze.py", *common, "sweep_id=ffff", f"out={tmp_path / 'none'}")
     assert none.returncode == 1
     lines = [line for line in none.stderr.splitlines() if line.startswith("error: ")]

@@ -5,13 +5,16 @@ from __future__ import annotations
 import math
 import statistics
 
+import numpy as np
 import pandas as pd
 import pytest
 from logged_runs import EXPERIMENT, log_grid, log_run, settings
 from matplotlib.container import ErrorbarContainer
+from scipy import stats
 
 from hw3.analysis.figures import CUT_NOTE, all_figures
-from hw3.analysis.intervals import ErrorBar, bounds
+from hw3.analysis.findings import compute
+from hw3.analysis.intervals import ErrorBar, bounds, welch
 from hw3.analysis.report import write_summary
 from hw3.analysis.study import load_study
 from hw3.tracking.store import connect_existing
@@ -73,7 +76,7 @@ def error_bar_ends(container: ErrorbarContainer) -> list[tuple[float, float]]:
 def test_a_bar_beyond_the_axes_is_cut_visibly_and_said_so(store):
     uri, client, exp = store
     log_grid(client, exp, ("plain", "bn"), n_seeds=2)  # t multiplier 12.7: far off the axes
-    wide = all_figures(study_with(uri, "t"), None)["smoothness"]
+    wide = all_figures(compute(study_with(uri, "t")))["smoothness"]
     ax = wide.axes[2]  # L̂
     bottom, top = ax.get_ylim()
     cut = [line for line in ax.lines if line.get_gid() == "cut"]
@@ -82,6 +85,24 @@ def test_a_bar_beyond_the_axes_is_cut_visibly_and_said_so(store):
         assert all(bottom <= lo <= hi <= top for lo, hi in error_bar_ends(container))
     assert CUT_NOTE in wide.get_suptitle().replace("\n", " ")
     # min–max bars stay within the runs' values, which the axes span: nothing is cut.
-    fitted = all_figures(study_with(uri, "range"), None)["smoothness"]
+    fitted = all_figures(compute(study_with(uri, "range")))["smoothness"]
     assert not [line for ax in fitted.axes for line in ax.lines if line.get_gid() == "cut"]
     assert CUT_NOTE not in fitted.get_suptitle().replace("\n", " ")
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ([0.80, 0.82, 0.87], [0.78, 0.79, 0.83]),
+        ([1.0, 2.0], [0.5, 0.7, 0.9, 3.0]),
+        ([0.1, 0.1, 0.1], [0.2, 0.3, 0.25]),  # one group without spread
+        ([0.1, 0.1], [0.2, 0.2]),  # neither: the difference is exact
+    ],
+)
+def test_welch_is_scipy_s_unequal_variance_interval(a, b):
+    want = stats.ttest_ind(a, b, equal_var=False)
+    ends = want.confidence_interval(0.9)
+    got = welch(a, b, 0.9)
+    assert (got.estimate, got.low, got.high) == pytest.approx((np.mean(a) - np.mean(b), *ends))
+    if np.var(a) + np.var(b) > 0:
+        assert got.dof == pytest.approx(want.df)

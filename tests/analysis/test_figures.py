@@ -11,6 +11,7 @@ from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
 from hw3.analysis.figures import all_figures
+from hw3.analysis.findings import compute
 from hw3.analysis.report import write_report
 from hw3.analysis.study import Study, load_study
 from hw3.tracking.store import connect_existing
@@ -53,7 +54,7 @@ def gids(fig: Figure, panel: int, gid: str) -> list:
 def test_the_smoothness_figure_has_its_panels_a_line_per_model_bars_and_eta(store):
     uri, client, exp = store
     log_grid(client, exp, MODELS)
-    figures = all_figures(study_of(uri), None)
+    figures = all_figures(compute(study_of(uri)))
     assert set(figures) == {"smoothness", "curves", "time", "paired"}  # no landscape metrics
     fig = figures["smoothness"]
     assert [ax.get_title() for ax in fig.axes] == [
@@ -90,7 +91,7 @@ def test_the_smoothness_figure_has_its_panels_a_line_per_model_bars_and_eta(stor
 def test_the_time_figure_names_its_bars(store):
     uri, client, exp = store
     log_grid(client, exp, ("plain", "bn"))
-    fig = all_figures(study_of(uri), None)["time"]
+    fig = all_figures(compute(study_of(uri)))["time"]
     (ax,) = fig.axes
     assert "error bars: min–max over seeds" in ax.get_title().replace("\n", " ")
     assert [p.get_height() for p in ax.patches] == pytest.approx([2.0, 2.0])  # 1 + seed
@@ -115,7 +116,7 @@ def test_the_landscape_figure_and_report_paragraph(tmp_path, store):
         for seed in SEEDS:
             log_run(client, exp, model, seed, values=landscape(model, seed))
     study = study_of(uri)
-    fig = all_figures(study, None)["landscape"]
+    fig = all_figures(compute(study))["landscape"]
     assert [ax.get_title() for ax in fig.axes] == [
         "β-smoothness",
         "Gradient predictiveness",
@@ -133,7 +134,7 @@ def test_the_landscape_figure_and_report_paragraph(tmp_path, store):
     (edge,) = gids(fig, 3, "guide")
     assert list(edge.get_ydata()) == [2 / LR, 2 / LR] and edge.get_label().startswith("2/η = 50")
     assert all(not gids(fig, p, "guide") for p in (0, 1, 2, 4))
-    report = write_report(study, None, [], tmp_path / "REPORT.md").read_text()
+    report = write_report(compute(study), [], tmp_path / "REPORT.md").read_text()
     # L̂: plain (10 + seed) is above bn (12, 8, 8 + seed) at passes 2 and 3 for every seed.
     assert (
         "Per seed (seeds 0–2), L̂ of plain is above that of bn at 6 of 9 (seed, pass) "
@@ -160,6 +161,6 @@ def test_seeds_with_equal_values_draw_an_empty_bar(store):
     for seed in SEEDS:
         values = history("plain", seed) | {"test/acc": [0.1] * PASSES}
         log_run(client, exp, "plain", seed, values=values)
-    fig = all_figures(study_of(uri), None)["smoothness"]
+    fig = all_figures(compute(study_of(uri)))["smoothness"]
     (line,) = bar_containers(fig, 1)
     assert ends(line) == pytest.approx(np.full((PASSES, 2), 0.1))

@@ -9,8 +9,10 @@ import re
 import pandas as pd
 import pytest
 from logged_runs import EXPERIMENT, history, log_run
+from matplotlib.figure import Figure
 
-from hw3.analysis.figures import all_figures
+from hw3.analysis.figures import all_figures, draw_paired
+from hw3.analysis.findings import compute
 from hw3.analysis.intervals import ErrorBar
 from hw3.analysis.paired import comparisons, paired, seeds_needed
 from hw3.analysis.report import write_report
@@ -134,7 +136,7 @@ def test_the_report_states_each_whole_run_comparison_in_one_sentence(tmp_path, s
     uri, client, exp = store
     log_whole_runs(client, exp)
     study = study_of(uri, "t")
-    text = write_report(study, None, [], tmp_path / "REPORT.md").read_text()
+    text = write_report(compute(study), [], tmp_path / "REPORT.md").read_text()
     section = text.split("## Whole runs, paired by seed")[1].split("\n## ")[0]
     sentences = [line for line in section.splitlines() if line.startswith("- ")]
     # mean: t(0.975, 2)·1/√3 = 2.484 around −2; 4 seeds would do (3.182/√4 = 1.591 < 2).
@@ -155,7 +157,7 @@ def test_a_bar_that_does_not_narrow_names_the_seeds_a_t_interval_would_need(tmp_
     uri, client, exp = store
     log_whole_runs(client, exp)
     study = study_of(uri, "range")
-    text = write_report(study, None, [], tmp_path / "REPORT.md").read_text()
+    text = write_report(compute(study), [], tmp_path / "REPORT.md").read_text()
     assert (
         "min–max over seeds of the paired difference [-3, -1], which excludes 0; a min–max "
         "over seeds does not narrow with more seeds; a 95% Student-t interval would exclude 0 "
@@ -167,18 +169,23 @@ def test_the_paired_figure_draws_each_seed_s_two_runs(store):
     uri, client, exp = store
     log_whole_runs(client, exp)
     study = study_of(uri, "t")
-    fig = all_figures(study, None)["paired"]
+    fig = all_figures(compute(study))["paired"]
     assert [ax.get_title() for ax in fig.axes] == [
-        "bn vs plain, mean over passes\nbn − plain = -2 [-4.48, 0.484]",
-        "bn vs plain, final pass\nbn − plain = -3 [-7.3, 1.3]",
+        "bn vs plain, mean over passes, n = 3\nbn − plain = -2 [-4.48, 0.484]",
+        "bn vs plain, final pass, n = 3\nbn − plain = -3 [-7.3, 1.3]",
     ]
     assert "error bars: 95% Student-t interval of the mean" in fig.get_suptitle().replace("\n", " ")
     means = {"plain": [10.0, 11.0, 12.0], "bn": [9.0, 9.0, 9.0]}
     finals = {"plain": [10.0, 11.0, 12.0], "bn": [8.0, 9.0, 7.0]}
     for ax, per_seed in zip(fig.axes, (means, finals), strict=True):
-        seeds = [line.get_ydata() for line in ax.lines if line.get_gid() == "seed"]
+        (seeds,) = [c for c in ax.collections if c.get_gid() == "seed"]
         expected = zip(per_seed["plain"], per_seed["bn"], strict=True)
-        assert [list(s) for s in seeds] == [pytest.approx([a, b]) for a, b in expected]
+        assert [list(s[:, 1]) for s in seeds.get_segments()] == [
+            pytest.approx([a, b]) for a, b in expected
+        ]
+        assert not seeds.get_rasterized()
+        labels = [t.get_text() for t in ax.texts]
+        assert labels == ["seed 0", "seed 1", "seed 2"]  # few seeds: each one named
         (mean,) = [line for line in ax.lines if line.get_gid() == "mean"]
         assert list(mean.get_ydata()) == pytest.approx(
             [sum(per_seed["plain"]) / 3, sum(per_seed["bn"]) / 3]
@@ -192,7 +199,20 @@ def test_variants_with_keys_of_their_own_are_compared_with_the_others(tmp_path, 
         values = history("plain", seed) | {L: [v - 1 for v in WHOLE_RUNS[("plain", seed)]]}
         log_run(client, exp, "gn", seed, values=values, params={"model.groups": "4"})
     study = study_of(uri, "t")
-    text = write_report(study, None, [], tmp_path / "REPORT.md").read_text()
+    text = write_report(compute(study), [], tmp_path / "REPORT.md").read_text()
     compared = re.findall(r"\*\*Whole-run L̂ \(mean over passes\), (\S+) vs (\S+),", text)
     assert compared == [("bn", "plain"), ("gn", "plain"), ("gn", "bn")]
     assert "gn − plain = -1 (ratio 0.9091; gn lower at 3 of 3 seeds)" in text
+
+
+def test_a_paired_panel_of_hundreds_of_seeds_names_the_extremes_and_rasterises():
+    n = 400  # past RASTER_AT and SEED_LABELS
+    rows = {("plain", seed): [10.0 + seed % 7] * 2 for seed in range(n)}
+    rows |= {("bn", seed): [9.0 + seed % 5] * 2 for seed in range(n)}
+    rows[("bn", 123)], rows[("bn", 321)] = [1.0, 1.0], [30.0, 30.0]  # the extremes of bn − plain
+    p = paired(tidy(rows), "plain", "bn", L, "mean", bar("t"))
+    ax = Figure().subplots()
+    draw_paired(ax, p, {"plain": "C0", "bn": "C1"})
+    assert sorted(t.get_text() for t in ax.texts) == ["seed 123 (min)", "seed 321 (max)"]
+    (seeds,) = [c for c in ax.collections if c.get_gid() == "seed"]
+    assert len(seeds.get_segments()) == n and seeds.get_rasterized()

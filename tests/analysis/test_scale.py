@@ -9,6 +9,7 @@ from logged_runs import EXPERIMENT, history, log_run, log_sweep, settings
 
 from hw3.analysis import report as report_module
 from hw3.analysis import study as study_module
+from hw3.analysis.findings import compute
 from hw3.analysis.report import RUNS_CSV, listing, write_report, write_runs
 from hw3.analysis.study import AnalysisError, Study, load_study
 from hw3.tracking.store import connect_existing
@@ -95,7 +96,7 @@ def test_long_tables_of_runs_are_summed_up_and_every_run_is_in_runs_csv(
     failed = [log_run(client, exp, "bn", s, status="FAILED", values={}) for s in (1, 2, 3)]
     older = log_run(client, exp, "bn", 0, tags={"engine_version": "old"}, start_time=1)
     study = study_of(uri)
-    report = write_report(study, None, [], tmp_path / "REPORT.md").read_text()
+    report = write_report(compute(study), [], tmp_path / "REPORT.md").read_text()
     assert f"[{RUNS_CSV}]({RUNS_CSV})" in report.split("## Groups")[0]
     diverged_part = report.split("## Diverged")[1].split("## Left out")[0]
     assert f"4 runs diverged (each with its pass in [{RUNS_CSV}]({RUNS_CSV})" in diverged_part

@@ -7,6 +7,7 @@ import pytest
 from logged_runs import EXPERIMENT, PASSES, history, log_run, log_sweep, settings
 
 from hw3.analysis.figures import legend_label
+from hw3.analysis.findings import compute
 from hw3.analysis.report import write_report, write_summary
 from hw3.analysis.study import AnalysisError, Study, load_study
 from hw3.tracking.store import connect_existing
@@ -82,7 +83,7 @@ def test_only_the_newest_engine_version_is_analysed(tmp_path, store):
         older[1]: "engine version v1, older than v2",
     }
     assert set(study.summary["mean"]) == {0.5}  # nothing of v1 averaged in
-    report = write_report(study, None, [], tmp_path / "REPORT.md").read_text()
+    report = write_report(compute(study), [], tmp_path / "REPORT.md").read_text()
     assert "- Engine version: `v2`, that of the most recently started selected run" in report
     assert "(3 runs left out for that)" in report
     assert f"| `{older[0]}` | plain-seed0 | plain | 0 | engine version v1, older than v2 |" in (
@@ -122,7 +123,7 @@ def test_diverged_runs_are_results_counted_and_listed(tmp_path, store):
     assert plain_loss["n"].tolist() == [3, 3, 2]  # seed 2 stopped before pass 3
     assert legend_label(study, "plain") == "plain (n=3 seeds, 1 diverged)"
     assert legend_label(study, "bn") == "bn (n=2 seeds, 1 diverged)"
-    report = write_report(study, None, [], tmp_path / "REPORT.md").read_text()
+    report = write_report(compute(study), [], tmp_path / "REPORT.md").read_text()
     assert "- **plain**: n = 3 seeds (0–2), 1 diverged" in report
     diverged = report.split("## Diverged")[1].split("## Left out")[0]
     assert f"| `{stopped}` | plain-seed2 | plain | 2 | 3 | FINISHED |" in diverged

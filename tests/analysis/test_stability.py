@@ -8,6 +8,7 @@ from logged_runs import EXPERIMENT, REFERENCE, log_run, settings
 from matplotlib.container import ErrorbarContainer
 
 from hw3.analysis.figures import all_figures
+from hw3.analysis.findings import compute
 from hw3.analysis.report import write_report
 from hw3.analysis.stability import load_stability
 from hw3.analysis.study import load_study
@@ -91,8 +92,8 @@ def analyse(uri: str, tmp_path):
         store, EXPERIMENT, sweep_id=None, filter_string=None, errorbar=config.errorbar
     )
     stability = load_stability(store, study, config.reference_experiments, config.reference_lr)
-    report = write_report(study, stability, [], tmp_path / "REPORT.md").read_text()
-    return study, stability, report, all_figures(study, stability)
+    report = write_report(compute(study, stability), [], tmp_path / "REPORT.md").read_text()
+    return study, stability, report, all_figures(compute(study, stability))
 
 
 @pytest.mark.parametrize(

@@ -8,15 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import EPOCHS, config_args, history_of, runs_of, store_uri, untimed
+from helpers import EPOCHS, config_args, history_of, override, runs_of, store_uri, untimed
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+import hw3.tracking.store
 import hw3.tracking.training
 from hw3.engine.files import raw_dir
 from hw3.tracking.claim import Claim
 from hw3.tracking.job import JobSpec, Outcome, run_jobs
-from hw3.tracking.store import connect, experiment_id
+from hw3.tracking.store import connect, experiment_id, local_folder
 from hw3.tracking.sweep import ENV_EXPERIMENT, ENV_EXPERIMENT_ID, ENV_PARENT, ENV_SWEEP
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # a few s each
@@ -45,6 +46,35 @@ def lose_the_logging_of_pass(n: int, monkeypatch: pytest.MonkeyPatch) -> list[di
 
     monkeypatch.setattr(hw3.tracking.training, "log_values", lose_pass)
     return lost
+
+
+def test_checkpoints_live_beside_the_store_and_those_in_the_old_place_still_resume(
+    compose_config, tmp_path: Path, tiny_root: Path, monkeypatch: pytest.MonkeyPatch
+):
+    old_root = tmp_path / "project" / "outputs" / "checkpoints"
+    monkeypatch.setattr(hw3.tracking.store, "OLD_CHECKPOINTS", old_root)
+    args = config_args(tmp_path, tiny_root, "moved", f"trainer.epochs={EPOCHS}")
+    args = override(args, "trainer.checkpoint_dir", "null")  # the default
+    cfg = OmegaConf.to_object(compose_config(*args, "data.train_size=128"))
+
+    lose_the_logging_of_pass(2, monkeypatch)
+    assert run_job(cfg).status == "FAILED"
+    (crashed,) = runs_of(tmp_path, "moved")
+    run_id, experiment = crashed.info.run_id, crashed.info.experiment_id
+    beside = tmp_path / "mlflow.db-checkpoints" / experiment
+    assert (beside / f"{run_id}.pt").is_file()  # beside the store, named by experiment and run
+
+    # Where an earlier version kept it: outputs/checkpoints/<12-hex of the store>/<experiment>.
+    old = local_folder(old_root, connect(store_uri(tmp_path)), experiment)
+    old.parent.mkdir(parents=True)
+    beside.rename(old)
+    assert run_job(cfg) == Outcome("plain-seed0", "FINISHED")
+    assert [r.info.run_id for r in runs_of(tmp_path, "moved")] == [run_id]  # resumed in place
+    run = MlflowClient(store_uri(tmp_path)).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    for key, points in history_of(tmp_path, run_id).items():
+        assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), key  # each pass once
+    assert not any(old.iterdir())
 
 
 def test_a_pass_checkpointed_but_not_logged_is_logged_once_by_the_resumed_run(

@@ -43,7 +43,8 @@ def test_smoke_preset_is_small(compose_config):
     assert cfg.data.train_size is not None and cfg.data.train_size <= 5000
 
 
-# README's public overrides, each with a value other than its default, and what it composes to.
+# The most used overrides (README, docs/configuration.md), each with a value other than its default,
+# and what it composes to.
 PUBLIC = {
     "model=bn": {"model.name": "bn"},
     "seed=3": {"seed": 3},
@@ -66,6 +67,13 @@ def test_public_overrides_set_their_keys_and_nothing_else(compose_config):
     flat = flatten(OmegaConf.to_object(compose_config(*PUBLIC)))
     expected = {k: v for changes in PUBLIC.values() for k, v in changes.items()}
     assert {k: v for k, v in flat.items() if v != default[k]} == expected
+
+
+def test_the_momentum_preset_changes_only_the_momentum(compose_config):
+    default = flatten(OmegaConf.to_object(compose_config()))
+    flat = flatten(OmegaConf.to_object(compose_config("optimizer=sgd_momentum")))
+    changed = {k: v for k, v in flat.items() if v != default[k]}
+    assert changed == {"optimizer.name": "sgd_momentum", "optimizer.momentum": 0.9}
 
 
 @pytest.mark.parametrize(
