@@ -218,7 +218,7 @@ def _end(job: Job, err: BaseException) -> Outcome:
     return Outcome(job.name, status, line)
 
 
-# --- 1. open --------------------------------------------------------------------------------------
+# --- what run_jobs opens a job with: the fingerprints, the claim, the decision, carried out ---
 
 
 def config_fingerprint(cfg: Config) -> str:
