@@ -23,7 +23,11 @@ from mlflow.tracking import MlflowClient
 from hw3.engine.files import OFFICIAL_MD5, raw_dir, resolve
 from hw3.tracking.store import connect, experiment_id, log_values
 
-pytestmark = pytest.mark.slow  # a dozen CLI runs: about a minute on two cores
+pytestmark = [
+    pytest.mark.slow,  # a dozen CLI runs: about a minute on two cores
+    # The cases share `outcomes` (every run made at once): one xdist worker makes it.
+    pytest.mark.xdist_group("bad_input"),
+]
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,8 @@ from hw3.tracking.cli import slurm_failure
 from hw3.tracking.schema import PROJECT_ROOT
 
 SCRIPT = PROJECT_ROOT / "scripts" / "slurm-local"
+# One cluster of one 2-core node: its tests run on one xdist worker, one after another.
+pytestmark = pytest.mark.xdist_group("slurm")
 # Small CPU jobs, two at a time on a 2-core node; a test overrides one key to see it refused.
 LAUNCHER = {"gpus_per_task": "null", "cpus_per_task": "1", "mem_gb": "1", "timeout_min": "10"}
 GRID = ["model=plain,bn", "seed=0,1", f"trainer.epochs={EPOCHS}"]

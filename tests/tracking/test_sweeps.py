@@ -108,6 +108,11 @@ class Swept:
     parent: Run
 
 
+# The tests of the one sweep `swept` go to one xdist worker (scripts/test's --dist loadgroup),
+# which launches it once.
+ON_SWEPT = pytest.mark.xdist_group("swept")
+
+
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> Swept:
     """The sweep, launched once (a test that relaunches it checks the runs it finds against
@@ -137,6 +142,7 @@ def assert_untouched(where: Path, swept: Swept) -> None:
         assert history_of(where, before.info.run_id) == swept.histories[name], name
 
 
+@ON_SWEPT
 def test_a_sweep_logs_one_nested_run_per_job_with_what_defines_it(swept, tmp_path, tiny_root):
     assert swept.parent.info.status == "FINISHED"
     assert sorted(swept.runs) == FIRST
@@ -200,6 +206,7 @@ def test_a_sweep_logs_one_nested_run_per_job_with_what_defines_it(swept, tmp_pat
     assert len({r.data.tags["fingerprint"] for r in swept.runs.values()}) == 4
 
 
+@ON_SWEPT
 def test_a_relaunch_skips_finished_runs_and_more_seeds_run_only_the_new_ones(swept, tiny_root):
     tmp = swept.tmp  # the same command again, into the same store
     finished = sorted((name, r.info.run_id) for name, r in swept.runs.items())
@@ -234,6 +241,7 @@ def test_a_relaunch_skips_finished_runs_and_more_seeds_run_only_the_new_ones(swe
             assert [s for s, _ in points] == [1, 2]
 
 
+@ON_SWEPT
 def test_force_reruns_a_finished_configuration_in_a_new_run(swept, tmp_path, tiny_root):
     shutil.copy(swept.tmp / "mlflow.db", tmp_path / "mlflow.db")  # the runs' artifacts stay put
     plain_seed0 = job_args(tmp_path, tiny_root, "sweep", *GRID[1:], "model=plain", "seed=0")
