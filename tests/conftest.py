@@ -16,6 +16,27 @@ from hw3.tracking.schema import PROJECT_ROOT, register
 register()
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `--dist loadgroup` (scripts/test), the `@group` suffix of an `xdist_group` test's id.
+
+    pytest-xdist 3.8 sends a group's tests to one worker by that suffix, which it writes to
+    `item._nodeid`; pytest 9 builds the id from `item._id` instead, so the groups were silently
+    ignored (a group's module fixture was made on both workers). Write it where pytest reads it."""
+    if not getattr(config.option, "loadgroup", False):  # set on xdist's workers only
+        return
+    for item in items:
+        marks = item.iter_markers("xdist_group")  # named as xdist names them
+        names = sorted(
+            {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in marks}
+        )
+        suffix = f"@{'_'.join(names)}"
+        if names and not item.nodeid.endswith(suffix):  # pytest < 9 took xdist's own suffix
+            from _pytest.nodeid import NodeId  # pytest 9's
+
+            item._id = NodeId.parse(item.nodeid + suffix)
+
+
 @pytest.fixture(scope="session")
 def compose_config() -> Callable[..., DictConfig]:
     """Compose conf/config.yaml with overrides, as run.py would (`hydra=True` keeps that node)."""
