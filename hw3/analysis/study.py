@@ -6,6 +6,7 @@ import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from itertools import combinations
 
 import numpy as np
@@ -77,6 +78,11 @@ class TrainRun:
         """Whether training diverged (a result: the run counts, FINISHED or FAILED)."""
         return self.diverged_pass is not None
 
+    @property
+    def is_result(self) -> bool:
+        """FINISHED, or diverged: a run whose numbers an analysis uses."""
+        return self.status == "FINISHED" or self.diverged
+
 
 @dataclass(frozen=True)
 class Study:
@@ -93,6 +99,11 @@ class Study:
     groups: tuple[str, ...]  # group labels in display order
     tidy: pd.DataFrame
     summary: pd.DataFrame
+
+    @cached_property
+    def metrics(self) -> frozenset[str]:
+        """The metrics the used runs logged."""
+        return frozenset(self.tidy["metric"].unique())
 
 
 def selection(filter_string: str | None) -> str:
@@ -225,8 +236,8 @@ def partition(
         if r.engine_version != version
     ]
     current = [r for r in runs if r.engine_version == version]
-    results = [r for r in current if r.status == "FINISHED" or r.diverged]
-    left_out += [(r, f"status {r.status}") for r in current if r not in results]
+    results = [r for r in current if r.is_result]
+    left_out += [(r, f"status {r.status}") for r in current if not r.is_result]
     labels = group_labels(results, frozenset())
     kept: dict[tuple[str, int], TrainRun] = {}
     for r in sorted(results, key=lambda r: r.start_time, reverse=True):
