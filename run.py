@@ -15,13 +15,11 @@ register()
 def main(cfg: DictConfig) -> None:
     """Train one configuration into its MLflow run (skipped or resumed as appropriate)."""
     # Imported here: --help and --cfg job need neither MLflow nor torch.
-    from hw3.tracking.job import JobSpec, RunFailed, run_job
+    from hw3.tracking.job import JobSpec, run_jobs
 
-    job = JobSpec.from_hydra(cfg)
-    try:
-        run_job(job.cfg, overrides=job.overrides, hydra_dir=job.hydra_dir)
-    except RunFailed as err:
-        fail(str(err))
+    (outcome,) = run_jobs([JobSpec.from_hydra(cfg)])
+    if outcome.line is not None:
+        fail(outcome.line)
 
 
 if __name__ == "__main__":

@@ -166,7 +166,7 @@ def new_fingerprints(model: str, seeds: Iterable[int], digest: str) -> dict[int,
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
         cfg = OmegaConf.to_object(compose("config", overrides=[f"model={model}", *overrides]))
     return {
-        s: (run_fingerprint(c, digest), config_fingerprint(c))
+        s: (run_fingerprint(config_fingerprint(c), digest), config_fingerprint(c))
         for s in seeds
         for c in [dataclasses.replace(cfg, seed=s)]
     }

@@ -304,19 +304,12 @@ def environment_reads() -> set[str]:
             if isinstance(key, ast.Constant):
                 names.add(key.value)
             elif isinstance(key, ast.Name):
-                names.add(constants.get(key.id) or store_constant(key.id))
+                names.add(constants[key.id])
     for folder in SHELL_SOURCES:
         for path in (PROJECT_ROOT / folder).rglob("*"):
             if path.is_file() and (path.suffix == ".sh" or path.read_bytes().startswith(b"#!")):
                 names |= set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*):?[-=?]", path.read_text()))
     return names - SYSTEM
-
-
-def store_constant(name: str) -> str:
-    """A constant imported from hw3.tracking.store (the sweep's variables)."""
-    from hw3.tracking import store
-
-    return getattr(store, name)
 
 
 def test_the_configuration_page_lists_every_key(compose_config):

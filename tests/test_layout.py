@@ -1,4 +1,5 @@
-"""The layers stay layers: the engine is plain PyTorch, the analysis never imports training."""
+"""The layers stay layers: the engine is plain PyTorch, the analysis never imports training, and
+no module imports itself back."""
 
 from __future__ import annotations
 
@@ -83,6 +84,11 @@ def violations(layer: str) -> list[str]:
 def test_layers_import_only_what_they_may(layer):
     found = violations(layer)
     assert not found, "\n".join(found)
+
+
+def test_no_module_imports_itself_back_lazy_imports_included():
+    circles = [" → ".join(reach(m)[m]) for m in MODULES if m in reach(m)]
+    assert not circles, "\n".join(circles)
 
 
 def test_the_check_sees_imports_at_any_depth(tmp_path, monkeypatch):

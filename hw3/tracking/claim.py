@@ -1,4 +1,5 @@
-"""One live process per run: an exclusive claim per configuration, a heartbeat, and liveness."""
+"""One live process per run: an exclusive claim per configuration, a heartbeat, and liveness;
+and the file lock that claims, a new store's schema and a sweep's parent run are taken with."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -51,6 +53,24 @@ def process_alive(pid: int, started: str) -> bool:
     return not started or not fields or fields[19] == started
 
 
+def lock(file: IO[str], *, wait: bool = True) -> bool:
+    """Take an exclusive lock on the open `file`, held until it is closed (the kernel drops it
+    when its process dies, even by `kill -9`); False if another holds it and not `wait`."""
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if need be) for the block; wait for it."""
+    with open(path, "a") as file:
+        lock(file)
+        yield
+
+
 def holder_tags() -> dict[str, str]:
     """Who this process is, as a run records it: host, pid and the pid's start time."""
     pid = os.getpid()
@@ -87,9 +107,7 @@ class Claim:
         """The claim on `path`, or who holds it (as written by its holder) if someone does."""
         path.parent.mkdir(parents=True, exist_ok=True)
         file = open(path, "a+")  # noqa: SIM115 (held open as long as the claim)
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not lock(file, wait=False):
             file.seek(0)
             holder = file.read().strip() or "another process"
             file.close()

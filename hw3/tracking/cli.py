@@ -16,6 +16,9 @@ from hydra.errors import CompactHydraException, HydraException
 from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
 
+from hw3.tracking.errors import LaunchFailed, first_line
+from hw3.tracking.stopping import Stopped
+
 log = logging.getLogger("hw3")
 HINT = "(python run.py --help lists the groups; --cfg job prints the composed config)"
 _NOISE = ("full_key:", "reference_type=", "object_type=", "To append to your config use")
@@ -46,8 +49,8 @@ def one_line(err: BaseException) -> str:
         sep = ", " if raw.startswith("\t") and not text.endswith(":") else "; "
         text = f"{text}{sep if text else ''}{line}".replace(":; ", ": ")
     cause = err.__cause__
-    if isinstance(cause, OmegaConfBaseException) and str(cause).splitlines()[0] not in text:
-        text += f": {str(cause).splitlines()[0]}"
+    if isinstance(cause, OmegaConfBaseException) and first_line(cause) not in text:
+        text += f": {first_line(cause)}"
     if isinstance(err, JobFailed):
         return text
     return f"{text} {HINT}"
@@ -96,11 +99,16 @@ def exit_with(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
+def job_failed(message: str) -> JobFailed:
+    """A sweep job's failure, logged: Hydra records it, the sweep goes on, then exits 1."""
+    log.error(message)
+    return JobFailed(message)
+
+
 def fail(message: str) -> None:
     """End the current Hydra job as failed: a single run exits 1, a sweep job raises."""
     if HydraConfig.get().mode == RunMode.MULTIRUN:
-        log.error(message)
-        raise JobFailed(message)
+        raise job_failed(message)
     exit_with(message)
 
 
@@ -109,6 +117,10 @@ def main_with_one_line_errors(main: Callable[[], None]) -> None:
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra re-raises; we print, not it
     try:
         main()
+    except LaunchFailed as err:
+        exit_with(str(err))
+    except Stopped as err:  # while no job trained: the jobs that did ended their runs
+        exit_with(f"{err}; {RELAUNCH}")
     except (HydraException, OmegaConfBaseException) as err:
         exit_with(one_line(err))
     except BrokenProcessPool as err:  # joblib's loky: a parallel sweep's worker process died

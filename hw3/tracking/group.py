@@ -4,7 +4,7 @@ Jobs share a group when they train the same architecture on the same data, on th
 with the same determinism, batch size and measurement; `group_size` caps a group. Each member
 goes through its own job's steps (hw3.tracking.job: claim, skip or resume, its own MLflow run),
 so its run is a run.py run's but for the tags `group_size` and `group_pass_time`; a job alone
-in its group runs exactly as with run.py.
+in its group runs exactly as with run.py (both go through hw3.tracking.job.run_jobs).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from hw3.tracking.job import JobSpec, job_name, open_job
+from hw3.tracking.job import JobSpec, Outcome, run_jobs
 from hw3.tracking.schema import Config, flatten, resolve_path
 from hw3.tracking.store import fingerprint
 
@@ -45,42 +45,13 @@ def plan_groups(configs: Sequence[Config], group_size: int) -> list[list[int]]:
     return groups
 
 
-def run_group(specs: Sequence[JobSpec]) -> list[Exception | None]:
-    """Open each job (claim, skip or resume its run), train the opened ones together and close
-    them; per job what made it fail (a RunFailed is its one-line error), None if it did not."""
-    outcomes: list[Exception | None] = [None] * len(specs)
-    opened = {}
-    try:
-        for i, spec in enumerate(specs):
-            try:
-                job = open_job(spec.cfg, overrides=spec.overrides, hydra_dir=spec.hydra_dir)
-            except Exception as err:  # this job's failure, as a sweep job's: the others go on
-                outcomes[i] = err
-                continue
-            if job is not None:
-                opened[i] = job
-        if opened:
-            from hw3.tracking.training import train_jobs  # torch: only when some job trains
-
-            try:
-                failures: Sequence[Exception | None] = train_jobs(list(opened.values()))
-            except Exception as err:  # every run is FAILED and resumes when relaunched
-                failures = [err] * len(opened)
-            for i, failure in zip(opened, failures, strict=True):
-                outcomes[i] = failure
-    finally:
-        for job in opened.values():
-            job.close()
-    return outcomes
-
-
-def run_groups(specs: Sequence[JobSpec], group_size: int) -> list[Exception | None]:
-    """Train the jobs group after group in this process; per job as `run_group` says."""
-    outcomes: list[Exception | None] = [None] * len(specs)
+def run_groups(specs: Sequence[JobSpec], group_size: int) -> list[Outcome]:
+    """Train the jobs group after group in this process; per job its outcome."""
+    outcomes: list[Outcome | None] = [None] * len(specs)
     groups = plan_groups([s.cfg for s in specs], group_size)
     for n, group in enumerate(groups, start=1):
-        names = ", ".join(job_name(specs[i].cfg) for i in group)
+        names = ", ".join(specs[i].name for i in group)
         log.info("group %d/%d: %s", n, len(groups), names)
-        for i, outcome in zip(group, run_group([specs[i] for i in group]), strict=True):
+        for i, outcome in zip(group, run_jobs([specs[i] for i in group]), strict=True):
             outcomes[i] = outcome
     return outcomes

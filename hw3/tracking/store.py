@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import hashlib
 import json
@@ -37,6 +36,8 @@ from mlflow.utils.rest_utils import http_request, verify_rest_response
 from sqlalchemy import select
 from tqdm import tqdm
 
+from hw3.tracking.claim import file_lock
+from hw3.tracking.errors import first_line
 from hw3.tracking.schema import PROJECT_ROOT
 
 log = logging.getLogger("hw3")
@@ -47,9 +48,6 @@ PROBE_TIMEOUT_S = 5  # how long an unreachable server may keep a launch waiting
 SCHEMA_WAIT_S = 60  # how long to wait for another process to finish a new store's schema
 # The experiments' kind, so that MLflow 3's UI shows them as model training, not GenAI.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-# Environment that a sweep's launching process hands its jobs (see hw3.tracking.sweep).
-ENV_EXPERIMENT, ENV_EXPERIMENT_ID = "HW3_EXPERIMENT", "HW3_EXPERIMENT_ID"
-ENV_PARENT, ENV_SWEEP = "HW3_PARENT_RUN_ID", "HW3_SWEEP_ID"
 # Runs per search call: MLflow's default. Pages of 100, 1,000 and 50,000 read a 1,000-run
 # SQLite store within 15% of each other, and each page moves the progress bar.
 SEARCH_PAGE = 1_000
@@ -155,17 +153,6 @@ def checkpoint_folder(setting: str | None, store: Store, experiment: str) -> Pat
     return folder
 
 
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created if need be) for the block; wait for it."""
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _create_sqlite_store(db: Path) -> None:
     """Give a new SQLite store its schema in a private file, then publish that file at once.
 
@@ -245,9 +232,7 @@ def connect(uri: str | None, *, probe: bool = True) -> Store:
             _create_sqlite_store(db)
         client = _open_client(uri)
     except MlflowException as err:
-        raise TrackingError(
-            f"cannot open tracking store {redact(uri)}: {err.message.splitlines()[0]}"
-        ) from err
+        raise TrackingError(f"cannot open tracking store {redact(uri)}: {first_line(err)}") from err
     return Store(uri, client)
 
 
@@ -501,8 +486,11 @@ def log_dataset(
         source=json.dumps({"uri": source.resolve().as_uri()}),
         profile=json.dumps(profile, sort_keys=True),
     )
-    context = InputTag("mlflow.data.context", "training")
-    store.client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
+    inputs = [DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])]
+    try:
+        store.client.log_inputs(run_id, datasets=inputs)
+    except MlflowException:  # another job inserted the same dataset at the same moment: it is there
+        store.client.log_inputs(run_id, datasets=inputs)
 
 
 def logged_steps(store: Store, run_id: str, key: str) -> set[int]:

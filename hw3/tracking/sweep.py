@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,20 +14,16 @@ from hydra.experimental.callback import Callback
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
-from hw3.tracking.claim import Heartbeat, holder_tags, live_holder, now_ms
-from hw3.tracking.cli import exit_with
+from hw3.tracking.claim import Heartbeat, file_lock, holder_tags, live_holder, now_ms
+from hw3.tracking.errors import LaunchFailed, first_line
 from hw3.tracking.relaunch import REPLACED_TAGS
+from hw3.tracking.stopping import launch_stops_cleanly, received
 from hw3.tracking.store import (
-    ENV_EXPERIMENT,
-    ENV_EXPERIMENT_ID,
-    ENV_PARENT,
-    ENV_SWEEP,
     Store,
     TrackingError,
     checkpoint_folder,
     connect,
     experiment_id,
-    file_lock,
     find_runs,
     fingerprint,
     git_state,
@@ -35,6 +32,30 @@ from hw3.tracking.store import (
 )
 
 log = logging.getLogger("hw3")
+
+# Environment that a sweep's launching process hands its jobs.
+ENV_EXPERIMENT, ENV_EXPERIMENT_ID = "HW3_EXPERIMENT", "HW3_EXPERIMENT_ID"
+ENV_PARENT, ENV_SWEEP = "HW3_PARENT_RUN_ID", "HW3_SWEEP_ID"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What the launching process of a sweep hands its jobs (all None for a single run)."""
+
+    experiment_id: str | None = None
+    parent_run_id: str | None = None
+    sweep_id: str | None = None
+
+    @classmethod
+    def from_env(cls, experiment: str) -> Sweep:
+        """The sweep this process belongs to, if it was launched for `experiment`."""
+        if os.environ.get(ENV_EXPERIMENT) != experiment:
+            return cls()
+        return cls(
+            os.environ.get(ENV_EXPERIMENT_ID),
+            os.environ.get(ENV_PARENT),
+            os.environ.get(ENV_SWEEP),
+        )
 
 
 def sweep_id(config: DictConfig) -> str:
@@ -56,10 +77,12 @@ def close_sweep(
     completed: bool,
     stale_after_s: float,
     end_time: int | None = None,
+    stopped: bool = False,
 ) -> str:
     """End a sweep's parent run and return its status: FINISHED if the sweep completed and
-    every current job finished, else FAILED; left RUNNING while another live process (a
-    second copy of the sweep, a Slurm job) still trains one of its runs: that launch closes it.
+    every current job finished, KILLED if a signal stopped it, else FAILED; left RUNNING
+    while another live process (a second copy of the sweep, a Slurm job) still trains one of
+    its runs: that launch closes it.
     Only the jobs' runs (kind=train) count, not the launches nested beside them. `end_time`:
     when it ended (Unix ms), now if None."""
     children = find_runs(store, experiment, kind="train", **{"mlflow.parentRunId": parent_id})
@@ -72,7 +95,7 @@ def close_sweep(
         log.info("%d of its runs still train in other processes", len(live))
         return "RUNNING"
     ok = completed and all(r.info.status == "FINISHED" for r in current)
-    status = "FINISHED" if ok else "FAILED"
+    status = "FINISHED" if ok else "KILLED" if stopped else "FAILED"
     store.client.set_terminated(parent_id, status, end_time=end_time)
     return status
 
@@ -94,7 +117,10 @@ def end_dead_launches(
 
 
 def launch_status(completed: bool, sweep_status: str) -> str:
-    """A launch's own status: FINISHED if it ran to its end and the sweep did not fail."""
+    """A launch's own status: FINISHED if it ran to its end and the sweep did not fail, KILLED
+    if a signal stopped it, else FAILED."""
+    if received() is not None:
+        return "KILLED"
     return "FINISHED" if completed and sweep_status != "FAILED" else "FAILED"
 
 
@@ -108,6 +134,7 @@ class _OpenSweep:
     launch: str
     heartbeat: Heartbeat
     stale_after_s: float
+    signals: ExitStack  # the launch's own handling of SIGTERM and SIGINT
 
 
 class MlflowSweep(Callback):
@@ -133,8 +160,7 @@ class MlflowSweep(Callback):
         try:
             self._open_sweep(config)
         except (TrackingError, MlflowException) as err:
-            # Hydra would only warn about a callback's exception, then launch every job anyway.
-            exit_with(f"{str(err).splitlines()[0]} (the sweep launched no job)")
+            raise LaunchFailed(f"{first_line(err)} (the sweep launched no job)") from err
 
     def _open_sweep(self, config: DictConfig) -> None:
         """Open the store, the experiment and the parent run; hand their ids to the jobs."""
@@ -185,7 +211,11 @@ class MlflowSweep(Callback):
 
         heartbeat = Heartbeat(beat, config.tracking.heartbeat_s)
         heartbeat.start()
-        self._open = _OpenSweep(store, experiment, parent, launch, heartbeat, stale_after_s)
+        signals = ExitStack()
+        signals.enter_context(launch_stops_cleanly())
+        self._open = _OpenSweep(
+            store, experiment, parent, launch, heartbeat, stale_after_s, signals
+        )
         atexit.register(self._close, completed=False)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -198,6 +228,7 @@ class MlflowSweep(Callback):
         sweep, self._open = self._open, None
         sweep.heartbeat.stop()
         end = now_ms()  # the parent ends with its latest launch, not a moment before it
+        stop = received()
         status = close_sweep(
             sweep.store,
             sweep.experiment,
@@ -205,7 +236,12 @@ class MlflowSweep(Callback):
             completed=completed,
             stale_after_s=sweep.stale_after_s,
             end_time=end,
+            stopped=stop is not None,
         )
         ended = launch_status(completed, status)
+        if stop is not None:
+            error = f"{stop}; relaunch the same command: its unfinished runs resume"
+            log_values(sweep.store, sweep.launch, tags={"error": error})
         sweep.store.client.set_terminated(sweep.launch, ended, end_time=end)
+        sweep.signals.close()
         log.info("sweep parent run %s: %s (this launch: %s)", sweep.parent, status, ended)

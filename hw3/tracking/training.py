@@ -1,9 +1,10 @@
 """A job that trains: its run while it trains (`Job`), and the training of opened jobs.
 
-hw3.tracking.job imports this module only once a job is to train: torch and the engine cost
-seconds to import, which a job that is skipped never pays. Opened jobs of one dataset and device
-can also train together in one process (`train_jobs`, hw3.tracking.group): each still goes
-through its own run's steps, as a job trained alone does.
+hw3.tracking.job, which runs every job, imports this module only once a job is to train: torch
+and the engine cost seconds to import, which a job that is skipped never pays. Opened jobs of one
+dataset and device can train together in one process (`train_together`, hw3.tracking.group):
+each still goes through its own run's steps, as a job trained alone does. Errors are raised as
+they come: hw3.tracking.job turns each into the job's outcome.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import tempfile
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
-from mlflow.exceptions import MlflowException
 
 from hw3.engine.data import FashionMNIST, read_fashion_mnist
-from hw3.engine.device import DeviceError, resolve_device
-from hw3.engine.files import OFFICIAL_MD5, DataError, DatasetFiles
+from hw3.engine.device import resolve_device
+from hw3.engine.files import OFFICIAL_MD5, DatasetFiles
 from hw3.engine.train import (
     Diverged,
     Measurement,
@@ -30,7 +31,6 @@ from hw3.engine.train import (
     train_group,
 )
 from hw3.tracking.claim import Claim, Heartbeat, now_ms
-from hw3.tracking.job import RunFailed, Sweep, job_name, store_failure, store_reason
 from hw3.tracking.schema import PLACE_KEYS, Config, flatten
 from hw3.tracking.store import Store, log_dataset, log_values, logged_steps, redact
 
@@ -96,18 +96,17 @@ class Job:
 
     def __init__(
         self,
+        name: str,
         cfg: Config,
         store: Store,
-        sweep: Sweep,
         run_id: str,
         files: DatasetFiles,
         checkpoint: Path,
         claim: Claim,
         hydra_dir: Path | None,
     ) -> None:
-        self.cfg, self.store, self.sweep, self.run_id = cfg, store, sweep, run_id
+        self.name, self.cfg, self.store, self.run_id = name, cfg, store, run_id
         self.files, self.checkpoint, self.hydra_dir = files, checkpoint, hydra_dir
-        self.name = job_name(cfg)
         self._claim = claim
         self._logged: set[int] = set()
         self._heartbeat = Heartbeat(self._beat, cfg.tracking.heartbeat_s)
@@ -152,36 +151,6 @@ class Job:
         """The job as a member of hw3.engine.train.train_group: its passes go to its run."""
         return Member(engine_settings(self.cfg), self.on_pass_end, self.checkpoint)
 
-    def conclude(self, outcome: list[Metrics] | Diverged) -> RunFailed | None:
-        """End the run by how its training ended: FINISHED (also a divergence with
-        trainer.on_divergence=stop), else FAILED, returning its one-line failure. Ending it is
-        this run's own affair: if that fails (its artifacts, the store), it alone fails."""
-        try:
-            if not isinstance(outcome, Diverged):
-                self.finish()
-                return None
-            if self.cfg.trainer.on_divergence == "stop":
-                log.info("%s: %s; stopped (trainer.on_divergence=stop)", self.name, outcome)
-                self.finish(diverged=outcome)
-                return None
-            self.fail(outcome)
-            return RunFailed(f"{self.name} FAILED: {outcome}")
-        except MlflowException as err:
-            self.fail(err)
-            return store_failure(self.name, self.store, err)
-        except Exception as err:  # its traceback goes to the run's error.txt
-            self.fail(err)
-            return RunFailed(
-                f"{self.name} FAILED as its run was ended ({str(err).splitlines()[0]}); its "
-                "passes are logged and its checkpoint kept: relaunch to end it"
-            )
-
-    def run(self) -> None:
-        """Train into the run, then end it FINISHED; or FAILED, raising its one-line RunFailed."""
-        (failure,) = train_jobs([self])
-        if failure is not None:
-            raise failure
-
     def finish(self, diverged: Diverged | None = None) -> None:
         """Log the artifacts and end the run FINISHED (tagged diverged if it stopped so)."""
         if diverged is not None:
@@ -191,22 +160,14 @@ class Job:
         self.store.client.set_terminated(self.run_id, "FINISHED")
         self.checkpoint.unlink(missing_ok=True)
 
-    def fail(self, err: BaseException) -> None:
-        """End the run FAILED (KILLED for Ctrl-C) with its error as a tag and error.txt; if the
-        store cannot be told, say so and leave the run for the relaunch (never mask `err`)."""
-        tags = {"error": str(err).splitlines()[0][:4000] if str(err) else type(err).__name__}
-        if isinstance(err, Diverged):
-            tags |= {"diverged": "true", "diverged_pass": err.epoch}
-        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        try:
-            log_values(self.store, self.run_id, tags=tags)
-            self.store.client.log_text(
-                self.run_id, "".join(traceback.format_exception(err)), "error.txt"
-            )
-            self.store.client.set_terminated(self.run_id, status)
-        except MlflowException as store_err:
-            why = store_reason(store_err)
-            log.warning("%s: run %s not marked %s (%s)", self.name, self.run_id, status, why)
+    def end(self, status: str, tags: dict[str, Any], err: BaseException) -> None:
+        """End the run unfinished: `status` (FAILED, KILLED), `tags` (its error), and what
+        stopped it as error.txt (its traceback); the checkpoint is kept for the relaunch."""
+        log_values(self.store, self.run_id, tags=tags)
+        self.store.client.log_text(
+            self.run_id, "".join(traceback.format_exception(err)), "error.txt"
+        )
+        self.store.client.set_terminated(self.run_id, status)
 
     def close(self) -> None:
         """Stop the heartbeat and give up the claim."""
@@ -227,50 +188,32 @@ class Job:
             self.store.client.log_artifact(self.run_id, str(path), "model")
 
 
-def train_jobs(jobs: Sequence[Job]) -> list[RunFailed | None]:
-    """Start the jobs' runs, read their data once, train them together and end each run; per
-    job None (FINISHED) or its one-line failure (FAILED). The jobs share the data config and
-    trainer.device, trainer.deterministic and trainer.batch_size (hw3.tracking.group).
-
-    An error outside every run's training (Ctrl-C, a store gone) ends every run FAILED (KILLED
-    for Ctrl-C) and is raised: each resumes from its last pass when the job is launched again.
-    """
+def train_together(jobs: Sequence[Job]) -> list[list[Metrics] | Diverged]:
+    """Start the jobs' runs, read their data once and train them together; per job its metrics
+    per pass or the Diverged that stopped it. The jobs share the data config and trainer.device,
+    trainer.deterministic and trainer.batch_size (hw3.tracking.group)."""
     cfg = jobs[0].cfg
-    try:
-        for job in jobs:
-            job.start()
-        device = resolve_device(cfg.trainer.device)
-        tags = {
-            "device": device.type,
-            "torch_version": torch.__version__,
-            "torch_threads": str(torch.get_num_threads()),  # CPU results differ in the last bits
-        }
-        if len(jobs) > 1:
-            # On CUDA the members' steps run side by side: a pass is timed at the group's wall
-            # time over the members training it; on CPU they train in turn, each timed alone.
-            tags |= {"group_size": len(jobs)}
-            tags |= {"group_pass_time": "shared" if device.type == "cuda" else "own"}
-        for job in jobs:
-            log_values(job.store, job.run_id, tags=tags)
-        data = read_data(cfg, jobs[0].files)
-        for job in jobs:
-            job.log_dataset()
-        outcomes = train_group(
-            data,
-            [job.member() for job in jobs],
-            device=device.type,
-            deterministic=cfg.trainer.deterministic,
-        )
-    except (DataError, DeviceError) as err:
-        for job in jobs:
-            job.fail(err)
-        return [RunFailed(f"{job.name} FAILED: {str(err).splitlines()[0]}") for job in jobs]
-    except MlflowException as err:  # the store, gone for longer than MLflow's retries
-        for job in jobs:
-            job.fail(err)
-        return [store_failure(job.name, job.store, err) for job in jobs]
-    except BaseException as err:
-        for job in jobs:
-            job.fail(err)
-        raise
-    return [job.conclude(outcome) for job, outcome in zip(jobs, outcomes, strict=True)]
+    for job in jobs:
+        job.start()
+    device = resolve_device(cfg.trainer.device)
+    tags = {
+        "device": device.type,
+        "torch_version": torch.__version__,
+        "torch_threads": str(torch.get_num_threads()),  # CPU results differ in the last bits
+    }
+    if len(jobs) > 1:
+        # On CUDA the members' steps run side by side: a pass is timed at the group's wall
+        # time over the members training it; on CPU they train in turn, each timed alone.
+        tags |= {"group_size": len(jobs)}
+        tags |= {"group_pass_time": "shared" if device.type == "cuda" else "own"}
+    for job in jobs:
+        log_values(job.store, job.run_id, tags=tags)
+    data = read_data(cfg, jobs[0].files)
+    for job in jobs:
+        job.log_dataset()
+    return train_group(
+        data,
+        [job.member() for job in jobs],
+        device=device.type,
+        deterministic=cfg.trainer.deterministic,
+    )

@@ -25,7 +25,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
-from hw3.tracking.cli import JobFailed, exit_with
+from hw3.tracking.cli import job_failed
+from hw3.tracking.errors import LaunchFailed
 
 if TYPE_CHECKING:
     from hw3.tracking.job import JobSpec
@@ -38,7 +39,7 @@ class BatchedLauncher(Launcher):
 
     def __init__(self, group_size: int) -> None:
         if type(group_size) is not int or group_size < 1:
-            exit_with(
+            raise LaunchFailed(
                 f"invalid hydra.launcher.group_size={group_size!r}: it must be an integer >= 1 "
                 "(set hydra.launcher.group_size=N)"
             )
@@ -58,7 +59,6 @@ class BatchedLauncher(Launcher):
         """Set up every job, train them group after group, return each job's real outcome."""
         # Imported here: Hydra imports this module whenever it starts, torch is not needed then.
         from hw3.tracking.group import run_groups
-        from hw3.tracking.job import RunFailed
 
         assert self.config is not None
         setup_globals()
@@ -77,11 +77,8 @@ class BatchedLauncher(Launcher):
         outcomes = run_groups([r.return_value for r in collected], self.group_size)
         for ret, outcome in zip(collected, outcomes, strict=True):
             ret.return_value = None
-            if isinstance(outcome, RunFailed):  # as run.py reports it (hw3.tracking.cli.fail)
-                log.error(outcome)
-                outcome = JobFailed(str(outcome))
-            if outcome is not None:
-                ret.status, ret.return_value = JobStatus.FAILED, outcome
+            if outcome.line is not None:  # as run.py reports it (hw3.tracking.cli.fail)
+                ret.status, ret.return_value = JobStatus.FAILED, job_failed(outcome.line)
         return returns
 
     def _set_up(self, idx: int, overrides: Sequence[str]) -> JobReturn:

@@ -16,18 +16,17 @@ import hw3.tracking.store
 import hw3.tracking.training
 from hw3.engine.files import raw_dir
 from hw3.tracking.claim import Claim
-from hw3.tracking.job import RunFailed, open_job, run_job
-from hw3.tracking.store import (
-    ENV_EXPERIMENT,
-    ENV_EXPERIMENT_ID,
-    ENV_PARENT,
-    ENV_SWEEP,
-    connect,
-    experiment_id,
-    local_folder,
-)
+from hw3.tracking.job import JobSpec, Outcome, run_jobs
+from hw3.tracking.store import connect, experiment_id, local_folder
+from hw3.tracking.sweep import ENV_EXPERIMENT, ENV_EXPERIMENT_ID, ENV_PARENT, ENV_SWEEP
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # a few s each
+
+
+def run_job(cfg) -> Outcome:
+    """Run one job as run.py does; its outcome."""
+    (outcome,) = run_jobs([JobSpec(cfg, [], None)])
+    return outcome
 
 
 class StoreLost(ConnectionError):
@@ -59,8 +58,7 @@ def test_checkpoints_live_beside_the_store_and_those_in_the_old_place_still_resu
     cfg = OmegaConf.to_object(compose_config(*args, "data.train_size=128"))
 
     lose_the_logging_of_pass(2, monkeypatch)
-    with pytest.raises(StoreLost):
-        run_job(cfg, overrides=[], hydra_dir=None)
+    assert run_job(cfg).status == "FAILED"
     (crashed,) = runs_of(tmp_path, "moved")
     run_id, experiment = crashed.info.run_id, crashed.info.experiment_id
     beside = tmp_path / "mlflow.db-checkpoints" / experiment
@@ -70,7 +68,8 @@ def test_checkpoints_live_beside_the_store_and_those_in_the_old_place_still_resu
     old = local_folder(old_root, connect(store_uri(tmp_path)), experiment)
     old.parent.mkdir(parents=True)
     beside.rename(old)
-    assert run_job(cfg, overrides=[], hydra_dir=None) == run_id  # resumed, not restarted
+    assert run_job(cfg) == Outcome("plain-seed0", "FINISHED")
+    assert [r.info.run_id for r in runs_of(tmp_path, "moved")] == [run_id]  # resumed in place
     run = MlflowClient(store_uri(tmp_path)).get_run(run_id)
     assert run.info.status == "FINISHED"
     for key, points in history_of(tmp_path, run_id).items():
@@ -86,8 +85,10 @@ def test_a_pass_checkpointed_but_not_logged_is_logged_once_by_the_resumed_run(
         return OmegaConf.to_object(compose_config(*args, "data.train_size=128"))
 
     lost = lose_the_logging_of_pass(2, monkeypatch)
-    with pytest.raises(StoreLost):
-        run_job(config("crash"), overrides=[], hydra_dir=None)
+    failed = run_job(config("crash"))
+    assert failed == Outcome(
+        "plain-seed0", "FAILED", "plain-seed0 FAILED: the store went away while pass 2 was logged"
+    )
     (crashed,) = runs_of(tmp_path, "crash")
     run_id = crashed.info.run_id
     assert crashed.info.status == "FAILED"
@@ -97,7 +98,8 @@ def test_a_pass_checkpointed_but_not_logged_is_logged_once_by_the_resumed_run(
     saved = torch.load(checkpoint, weights_only=True)["history"]
     assert saved[1] == lost[0]  # pass 2 was saved before its logging failed
 
-    assert run_job(config("crash"), overrides=[], hydra_dir=None) == run_id
+    assert run_job(config("crash")) == Outcome("plain-seed0", "FINISHED")
+    assert [r.info.run_id for r in runs_of(tmp_path, "crash")] == [run_id]  # resumed in place
     run = MlflowClient(store_uri(tmp_path)).get_run(run_id)
     assert run.info.status == "FINISHED"
     assert not {"error", "diverged", "diverged_pass"} & set(run.data.tags)
@@ -106,7 +108,7 @@ def test_a_pass_checkpointed_but_not_logged_is_logged_once_by_the_resumed_run(
         assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), key  # each pass once
     assert {k: points[1][1] for k, points in history.items()} == lost[0]
 
-    assert run_job(config("straight"), overrides=[], hydra_dir=None) is not None
+    assert run_job(config("straight")).status == "FINISHED"
     (straight,) = runs_of(tmp_path, "straight")
     assert untimed(history) == untimed(history_of(tmp_path, straight.info.run_id))
 
@@ -126,16 +128,15 @@ def test_a_pass_checkpointed_on_other_data_is_never_continued(
         return OmegaConf.to_object(compose_config(*args))
 
     lose_the_logging_of_pass(1, monkeypatch)
-    with pytest.raises(StoreLost):
-        run_job(config(tiny_root), overrides=[], hydra_dir=None)
+    assert run_job(config(tiny_root)).status == "FAILED"
     (crashed,) = runs_of(tmp_path, "other")
     assert crashed.info.status == "FAILED" and "test/acc" not in crashed.data.metrics
     assert list((tmp_path / "ckpt").rglob(f"{crashed.info.run_id}.pt"))  # pass 1, not logged
 
-    run_id = run_job(config(other), overrides=[], hydra_dir=None)
+    assert run_job(config(other)).status == "FINISHED"
     runs = {r.info.run_id: r for r in runs_of(tmp_path, "other")}
     old = runs.pop(crashed.info.run_id)
-    assert list(runs) == [run_id]
+    (run_id,) = runs
     assert old.data.tags["superseded"].startswith("dataset_digest ")
     assert old.data.tags["dataset_digest"] == crashed.data.tags["dataset_digest"]
     assert runs[run_id].info.status == "FINISHED"
@@ -155,10 +156,9 @@ def test_a_job_that_cannot_record_itself_on_its_sweep_holds_nothing(
     sweep = {ENV_EXPERIMENT: "orphan", ENV_EXPERIMENT_ID: experiment, ENV_PARENT: parent}
     for key, value in (sweep | {ENV_SWEEP: "s"}).items():
         monkeypatch.setenv(key, value)
-    # Kept, as a sweep keeps a job's failure (and its traceback, and the frames in it).
-    with pytest.raises(RunFailed) as failed:
-        open_job(cfg, overrides=[], hydra_dir=None)
-    assert "plain-seed0 stopped" in str(failed.value)
+    # Kept, as a sweep keeps a job's outcome.
+    failed = run_job(cfg)
+    assert failed.status == "FAILED" and failed.line.startswith("plain-seed0 stopped: ")
     (run,) = runs_of(tmp_path, "orphan")
     assert run.info.status == "FAILED"  # not left RUNNING by this live process
     (lock,) = (tmp_path / "ckpt").rglob("*.lock")
@@ -168,5 +168,6 @@ def test_a_job_that_cannot_record_itself_on_its_sweep_holds_nothing(
 
     for key in (*sweep, ENV_SWEEP):
         monkeypatch.delenv(key)
-    assert run_job(cfg, overrides=[], hydra_dir=None) == run.info.run_id  # resumed in place
+    assert run_job(cfg) == Outcome("plain-seed0", "FINISHED")
+    assert [r.info.run_id for r in runs_of(tmp_path, "orphan")] == [run.info.run_id]
     assert MlflowClient(store_uri(tmp_path)).get_run(run.info.run_id).info.status == "FINISHED"

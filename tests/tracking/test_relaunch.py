@@ -47,6 +47,14 @@ CASES = {
         [run("r1", "RUNNING", passes=2, checkpoint="readable")], False,
         Do.RESUME, "r1", "run r1 from its last checkpoint", {},
     ),
+    "KILLED by a signal or requeued by Slurm: resumed in place": (
+        [run("r1", "KILLED", passes=1, checkpoint="readable")], False,
+        Do.RESUME, "r1", "run r1 from its last checkpoint", {},
+    ),
+    "KILLED, its checkpoint lost: restarted openly": (
+        [run("r1", "KILLED", passes=1)], False,
+        Do.RESTART, "r1", "run r1 logged passes but its checkpoint is gone", {},
+    ),
     "a pass checkpointed, not logged: resumed in place": (
         [run("r1", passes=0, checkpoint="readable")], False,
         Do.RESUME, "r1", "from its last checkpoint", {},

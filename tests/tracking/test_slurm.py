@@ -111,6 +111,12 @@ def slurm_sweep(tmp: Path, root: Path, experiment: str, **launcher: str) -> list
     return ["-m", *job_args(tmp, root, experiment, "hydra/launcher=slurm", *keys, *GRID)]
 
 
+def slow_slurm_sweep(tmp: Path, experiment: str, **launcher: str) -> list[str]:
+    """`slurm_sweep` over data large enough that a pass takes a moment: a job can be caught
+    between passes."""
+    return slurm_sweep(tmp, write_dataset(tmp / "data", 3000, 300), experiment, **launcher)
+
+
 def array_jobs(tmp: Path) -> list[str]:
     """The array task ids (12_0, 12_1, ...) of every job the sweeps in `tmp` submitted."""
     return sorted(p.name for p in (tmp / "multirun" / ".submitit").glob("[0-9]*_[0-9]*"))
@@ -202,6 +208,54 @@ def test_a_slurm_job_killed_hard_fails_the_sweep_and_the_relaunch_resumes_it(
 
 
 @pytest.mark.slow
+def test_a_slurm_job_warned_of_a_time_limit_or_preemption_requeues_and_resumes(cluster, tmp_path):
+    # Before a time limit, and on preemption, Slurm sends the job's submitit process SIGUSR2
+    # (--signal=USR2@…): sent here by hand, after the job's first pass.
+    args = slow_slurm_sweep(tmp_path, "requeued")
+    with launched(args, tmp_path, cluster.env) as sweep:
+        job = first_job_after_a_pass(tmp_path, sweep)
+        os.kill(process_of(job), signal.SIGUSR2)
+        returncode = sweep.wait(timeout=2 * WAIT_S)  # Slurm holds a requeued job ~2 min
+    assert returncode == 0, (tmp_path / "launcher.err").read_text()[-3000:]
+    after = assert_complete(tmp_path, "requeued")  # each pass once, every run FINISHED
+    resumed = re.search(r"resume (\S+): run (\w+) from its last checkpoint", log_of(tmp_path, job))
+    assert resumed, log_of(tmp_path, job)[-3000:]
+    name, run_id = resumed.groups()
+    assert after[name].info.run_id == run_id  # the same run, resumed by the requeued job
+    assert "error" not in after[name].data.tags
+    jobs = array_jobs(tmp_path)
+    assert cluster.states(jobs) == dict.fromkeys(jobs, "COMPLETED")
+
+
+@pytest.mark.slow
+def test_a_cancelled_slurm_job_ends_its_run_killed_and_the_relaunch_resumes_it(cluster, tmp_path):
+    args = slow_slurm_sweep(tmp_path, "cancelled")
+    with launched(args, tmp_path, cluster.env) as sweep:
+        job = first_job_after_a_pass(tmp_path, sweep)
+        pid = process_of(job)
+        cluster.command("scancel", job)  # SIGTERM to the job's processes
+        returncode = sweep.wait(timeout=WAIT_S)
+    wait_for("the other jobs to end", lambda: not cluster.queued(array_jobs(tmp_path)))
+
+    assert returncode == 1
+    err = (tmp_path / "launcher.err").read_text()
+    (line,) = error_lines(err)
+    resumes = "stopped by SIGTERM; relaunch the same command: the run resumes from its last pass"
+    assert line.endswith(resumes), line
+    runs = {r.info.run_name: r for r in runs_of(tmp_path, "cancelled")}
+    (victim,) = [name for name, r in runs.items() if r.data.tags["pid"] == str(pid)]
+    assert line == f"error: {victim} {resumes}"
+    cancelled = runs.pop(victim)
+    assert cancelled.info.status == "KILLED" and cancelled.data.tags["error"] == resumes
+    assert [r.info.status for r in runs.values()] == ["FINISHED"] * 3
+
+    relaunch = run_cli("run.py", *args, env=cluster.env)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    after = assert_complete(tmp_path, "cancelled")
+    assert after[victim].info.run_id == cancelled.info.run_id  # resumed in place
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("launcher", "reason"),
     [
@@ -252,10 +306,9 @@ def test_a_job_that_fails_before_training_is_one_line_naming_the_error_and_its_l
 def test_a_relaunch_while_array_jobs_run_or_wait_trains_no_configuration_twice(cluster, tmp_path):
     # One job of each launch at a time: the first launch's jobs run one after another while the
     # relaunch's run beside them, some at the same configuration at the same moment.
-    root = write_dataset(tmp_path / "data", 3000, 300)
     epochs = 6
     args = override(
-        slurm_sweep(tmp_path, root, "again", array_parallelism="1"), "trainer.epochs", epochs
+        slow_slurm_sweep(tmp_path, "again", array_parallelism="1"), "trainer.epochs", epochs
     )
     with launched(args, tmp_path, cluster.env, name="first") as first:
         first_job_after_a_pass(tmp_path, first)
