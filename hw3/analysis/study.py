@@ -16,6 +16,7 @@ from mlflow.exceptions import MlflowException
 
 from hw3.analysis.intervals import ErrorBar, bounds
 from hw3.engine.choices import MODELS
+from hw3.tracking.errors import first_line
 from hw3.tracking.schema import PLACE_KEYS
 from hw3.tracking.store import Store, metric_histories, search_runs
 
@@ -130,9 +131,7 @@ def search(store: Store, experiment_id: str, where: str) -> list[Run]:
     try:
         return search_runs(store, [experiment_id], where)
     except MlflowException as err:
-        raise AnalysisError(
-            f"cannot select runs with {where!r}: {err.message.splitlines()[0]}"
-        ) from err
+        raise AnalysisError(f"cannot select runs with {where!r}: {first_line(err)}") from err
 
 
 def sweep_jobs(
