@@ -17,8 +17,9 @@ from mlflow.exceptions import MlflowException
 from hw3.analysis.intervals import ErrorBar, bounds
 from hw3.engine.choices import MODELS
 from hw3.tracking.errors import first_line
+from hw3.tracking.reading import metric_histories, search_runs
 from hw3.tracking.schema import PLACE_KEYS
-from hw3.tracking.store import Store, metric_histories, search_runs
+from hw3.tracking.store import Store
 
 # Params that say where or how a run ran, not what it computed: they never split a group.
 # (New runs log them as tags; older runs have them as params.)
