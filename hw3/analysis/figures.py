@@ -13,7 +13,6 @@ import textwrap
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -303,7 +302,7 @@ def grid(fig: Figure, n: int) -> list[Axes]:
 
 def layout_figure(study: Study, layout: Layout) -> Figure | None:
     """The figure of `layout`'s panels whose metric the store holds; None if it holds none."""
-    present = set(study.tidy["metric"])
+    present = study.metrics
     panels = [p for p in layout.panels if p.metric in present]
     if not present & set(layout.needs):
         return None
@@ -625,6 +624,19 @@ def draw_one(f: Findings, out: Path, formats: Sequence[str], name: str) -> list[
     return [] if fig is None else save(fig, out, name, formats)
 
 
+# A figure worker's findings and where to write, handed over once when it starts: by fork, so
+# that a study of thousands of runs is neither pickled for each figure nor held twice.
+_WORKER: dict[str, object] = {}
+
+
+def _start_worker(f: Findings, out: Path, formats: Sequence[str]) -> None:
+    _WORKER.update(f=f, out=out, formats=formats)
+
+
+def _worker_draws(name: str) -> list[Path]:
+    return draw_one(_WORKER["f"], _WORKER["out"], _WORKER["formats"], name)  # type: ignore[arg-type]
+
+
 def draw_all(f: Findings, out: Path, formats: Sequence[str]) -> list[Path]:
     """Every figure the study's metrics allow, written into `out` in each of `formats`.
 
@@ -632,10 +644,13 @@ def draw_all(f: Findings, out: Path, formats: Sequence[str]) -> list[Path]:
     machine has spare cores they are drawn side by side in forked processes (fork: the child
     starts with everything imported; elsewhere they are drawn one after another).
     """
-    draw = partial(draw_one, f, out, formats)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     if cores < 2 or "fork" not in mp.get_all_start_methods():
-        return [p for name in FIGURES for p in draw(name)]
-    workers = min(cores, len(FIGURES))
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-        return [p for paths in pool.map(draw, FIGURES) for p in paths]
+        return [p for name in FIGURES for p in draw_one(f, out, formats, name)]
+    with ProcessPoolExecutor(
+        min(cores, len(FIGURES)),
+        mp_context=mp.get_context("fork"),
+        initializer=_start_worker,
+        initargs=(f, out, formats),
+    ) as pool:
+        return [p for paths in pool.map(_worker_draws, FIGURES) for p in paths]

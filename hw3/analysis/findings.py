@@ -216,7 +216,7 @@ def accuracy_gaps(study: Study, pairs: list[tuple[str, str]]) -> list[AccuracyGa
 
 def landscape_orderings(study: Study, pairs: list[tuple[str, str]]) -> list[Ordering]:
     """Seed-by-seed orderings of each landscape metric logged, per comparable pair."""
-    present = set(study.tidy["metric"])
+    present = study.metrics
     found = (
         seedwise_order(study.tidy, a, b, metric)
         for metric in LANDSCAPE
@@ -245,7 +245,7 @@ def times(study: Study) -> pd.DataFrame:
     frames = [
         describe(run_means(study.tidy, m), ["model"], study.errorbar).assign(phase=m)
         for m in TIMES
-        if m in set(study.tidy["metric"])
+        if m in study.metrics
     ]
     columns = ["phase", "model", "n", "mean", "std", "min", "max", "low", "high"]
     return pd.concat(frames)[columns] if frames else pd.DataFrame(columns=columns)

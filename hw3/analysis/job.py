@@ -16,13 +16,9 @@ from hw3.analysis.report import RUNS_CSV, write_report, write_runs, write_summar
 from hw3.analysis.stability import load_stability
 from hw3.analysis.study import AnalysisError, Study, load_study, search
 from hw3.tracking.claim import now_ms
-from hw3.tracking.store import (
-    Store,
-    connect_existing,
-    fingerprint,
-    git_state,
-    log_values,
-)
+from hw3.tracking.provenance import fingerprint, git_state
+from hw3.tracking.record import log_values
+from hw3.tracking.store import Store, connect_existing
 
 log = logging.getLogger("hw3")
 PARENT = "mlflow.parentRunId"  # the tag MLflow nests a run under its parent by

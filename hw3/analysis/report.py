@@ -383,7 +383,7 @@ def notes(study: Study) -> list[str]:
         f"run; runs of other versions are never averaged with it "
         f"({plural(older, 'run')} left out for that).",
     ]
-    if "smoothness/L" in set(study.tidy["metric"]):
+    if "smoothness/L" in study.metrics:
         lines.append(
             "- 1/L̂ is shown as 1/(mean L̂), its error bar the reciprocals of L̂'s, so that it "
             "agrees with the L̂ panel (the mean of 1/L̂ would not)."

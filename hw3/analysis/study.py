@@ -6,6 +6,7 @@ import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from itertools import combinations
 
 import numpy as np
@@ -15,8 +16,10 @@ from mlflow.exceptions import MlflowException
 
 from hw3.analysis.intervals import ErrorBar, bounds
 from hw3.engine.choices import MODELS
+from hw3.tracking.errors import first_line
+from hw3.tracking.reading import metric_histories, search_runs
 from hw3.tracking.schema import PLACE_KEYS
-from hw3.tracking.store import Store, metric_histories, search_runs
+from hw3.tracking.store import Store
 
 # Params that say where or how a run ran, not what it computed: they never split a group.
 # (New runs log them as tags; older runs have them as params.)
@@ -77,6 +80,11 @@ class TrainRun:
         """Whether training diverged (a result: the run counts, FINISHED or FAILED)."""
         return self.diverged_pass is not None
 
+    @property
+    def is_result(self) -> bool:
+        """FINISHED, or diverged: a run whose numbers an analysis uses."""
+        return self.status == "FINISHED" or self.diverged
+
 
 @dataclass(frozen=True)
 class Study:
@@ -93,6 +101,11 @@ class Study:
     groups: tuple[str, ...]  # group labels in display order
     tidy: pd.DataFrame
     summary: pd.DataFrame
+
+    @cached_property
+    def metrics(self) -> frozenset[str]:
+        """The metrics the used runs logged."""
+        return frozenset(self.tidy["metric"].unique())
 
 
 def selection(filter_string: str | None) -> str:
@@ -119,9 +132,7 @@ def search(store: Store, experiment_id: str, where: str) -> list[Run]:
     try:
         return search_runs(store, [experiment_id], where)
     except MlflowException as err:
-        raise AnalysisError(
-            f"cannot select runs with {where!r}: {err.message.splitlines()[0]}"
-        ) from err
+        raise AnalysisError(f"cannot select runs with {where!r}: {first_line(err)}") from err
 
 
 def sweep_jobs(
@@ -225,8 +236,8 @@ def partition(
         if r.engine_version != version
     ]
     current = [r for r in runs if r.engine_version == version]
-    results = [r for r in current if r.status == "FINISHED" or r.diverged]
-    left_out += [(r, f"status {r.status}") for r in current if r not in results]
+    results = [r for r in current if r.is_result]
+    left_out += [(r, f"status {r.status}") for r in current if not r.is_result]
     labels = group_labels(results, frozenset())
     kept: dict[tuple[str, int], TrainRun] = {}
     for r in sorted(results, key=lambda r: r.start_time, reverse=True):

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # see hw3/tracking/store.py
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # see hw3/tracking/__init__.py
 
 from mlflow.entities import Experiment
 from mlflow.tracking import MlflowClient

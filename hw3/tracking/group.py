@@ -13,8 +13,8 @@ import logging
 from collections.abc import Sequence
 
 from hw3.tracking.job import JobSpec, Outcome, run_jobs
+from hw3.tracking.provenance import fingerprint
 from hw3.tracking.schema import Config, flatten, resolve_path
-from hw3.tracking.store import fingerprint
 
 log = logging.getLogger("hw3")
 

@@ -33,6 +33,9 @@ from hw3.engine.files import SYSTEM_DIR, DataError, DatasetFiles, locate
 from hw3.engine.version import engine_version
 from hw3.tracking.claim import Claim, holder_tags, live_holder, now_ms
 from hw3.tracking.errors import first_line
+from hw3.tracking.provenance import fingerprint, git_state
+from hw3.tracking.reading import find_runs, logged_steps
+from hw3.tracking.record import log_values
 from hw3.tracking.relaunch import REPLACED_TAGS, Action, Do, Found, decide
 from hw3.tracking.schema import PLACE_KEYS, Config, ConfigError, flatten, resolve_path, validate
 from hw3.tracking.stopping import REQUEUE_SIGNAL, Stopped, jobs_stop_at_once, received
@@ -42,11 +45,6 @@ from hw3.tracking.store import (
     checkpoint_folder,
     connect,
     experiment_id,
-    find_runs,
-    fingerprint,
-    git_state,
-    log_values,
-    logged_steps,
     redact,
 )
 from hw3.tracking.sweep import Sweep

@@ -16,6 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from hw3.tracking.claim import Heartbeat, file_lock, holder_tags, live_holder, now_ms
 from hw3.tracking.errors import LaunchFailed, first_line
+from hw3.tracking.provenance import fingerprint, git_state
+from hw3.tracking.reading import find_runs
+from hw3.tracking.record import log_values
 from hw3.tracking.relaunch import REPLACED_TAGS
 from hw3.tracking.stopping import launch_stops_cleanly, received
 from hw3.tracking.store import (
@@ -24,10 +27,6 @@ from hw3.tracking.store import (
     checkpoint_folder,
     connect,
     experiment_id,
-    find_runs,
-    fingerprint,
-    git_state,
-    log_values,
     redact,
 )
 

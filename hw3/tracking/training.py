@@ -31,8 +31,10 @@ from hw3.engine.train import (
     train_group,
 )
 from hw3.tracking.claim import Claim, Heartbeat, now_ms
+from hw3.tracking.reading import logged_steps
+from hw3.tracking.record import log_dataset, log_values
 from hw3.tracking.schema import PLACE_KEYS, Config, flatten
-from hw3.tracking.store import Store, log_dataset, log_values, logged_steps, redact
+from hw3.tracking.store import Store, redact
 
 log = logging.getLogger("hw3")
 

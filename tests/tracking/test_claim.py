@@ -17,8 +17,9 @@ import pytest
 from helpers import stat_fields, store_uri, wait_for
 
 from hw3.tracking.claim import Claim, Heartbeat, holder_tags, live_holder, now_ms, process_alive
+from hw3.tracking.record import log_values
 from hw3.tracking.schema import PROJECT_ROOT
-from hw3.tracking.store import connect, experiment_id, log_values
+from hw3.tracking.store import connect, experiment_id
 from hw3.tracking.sweep import close_sweep, end_dead_launches
 
 STALE_S = 60.0

@@ -33,8 +33,9 @@ from helpers import (
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from hw3.tracking.record import log_values
 from hw3.tracking.schema import PROJECT_ROOT
-from hw3.tracking.store import Store, log_values, redact
+from hw3.tracking.store import Store, redact
 
 PARALLEL = [
     "hydra/launcher=parallel",

@@ -11,16 +11,10 @@ import pytest
 from helpers import Server, clone_runs, store_uri
 from mlflow.entities import Metric
 
-from hw3.tracking import store as store_module
+from hw3.tracking import reading
+from hw3.tracking.reading import find_runs, metric_histories
 from hw3.tracking.schema import PROJECT_ROOT, resolve_path
-from hw3.tracking.store import (
-    Store,
-    connect,
-    experiment_id,
-    find_runs,
-    metric_histories,
-    resolve_uri,
-)
+from hw3.tracking.store import Store, connect, experiment_id, resolve_uri
 from hw3.tracking.sweep import close_sweep
 
 DEFAULT = f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
@@ -116,9 +110,9 @@ def any_store(
     tracking server do; an older server (no bulk endpoint) and MLflow's file store read them
     run by run."""
     # Several bulk reads per metric, and answers cut short as the server's 25,000 cuts them.
-    monkeypatch.setattr(store_module, "BULK_RUNS", 2)
-    monkeypatch.setattr(store_module, "SQL_RUNS", 2)
-    monkeypatch.setattr(store_module, "BULK_POINTS", 13)  # two runs of 6 points fit
+    monkeypatch.setattr(reading, "BULK_RUNS", 2)
+    monkeypatch.setattr(reading, "SQL_RUNS", 2)
+    monkeypatch.setattr(reading, "BULK_POINTS", 13)  # two runs of 6 points fit
     if request.param == "file":
         monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
         yield connect(str(tmp_path / "mlruns")), False  # a bare folder: MLflow's file store
@@ -127,8 +121,8 @@ def any_store(
         yield connect(store_uri(tmp_path)), True
         return
     if request.param == "server without the bulk endpoint":
-        missing = store_module.BULK_ENDPOINT.replace("get-history-bulk", "no-such-endpoint")
-        monkeypatch.setattr(store_module, "BULK_ENDPOINT", missing)
+        missing = reading.BULK_ENDPOINT.replace("get-history-bulk", "no-such-endpoint")
+        monkeypatch.setattr(reading, "BULK_ENDPOINT", missing)
     with Server(tmp_path) as server:
         yield connect(f"http://{server.address}"), BULK[request.param]
 
@@ -156,7 +150,7 @@ def test_histories_read_in_bulk_are_every_point_of_every_run(
         logged[run_id] = sorted({m.key for m in metrics})
     # More points than one bulk answer holds: read again run by run.
     long_run = any_store.client.create_run(experiment).info.run_id
-    cut = store_module.BULK_POINTS
+    cut = reading.BULK_POINTS
     history = [Metric("loss", float(s), s, s) for s in range(cut + 1)]
     any_store.client.log_batch(long_run, metrics=history)
     logged[long_run] = ["loss"]
