@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_dataset
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from support.data import write_dataset
 
 from hw3.tracking.schema import PROJECT_ROOT, register
 

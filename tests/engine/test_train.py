@@ -10,18 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import (
-    BASE_METRICS,
-    L_HAT,
+from support.data import (
     PROJECT_DATA,
-    SMOOTHNESS_METRICS,
-    Interrupt,
     model_params,
     real_data_location,
     synthetic_data,
-    untimed,
     without_real_data,
 )
+from support.runs import BASE_METRICS, L_HAT, SMOOTHNESS_METRICS, Interrupt, untimed
 
 import hw3.engine.train
 from hw3.engine.data import FashionMNIST, Split, load_fashion_mnist

@@ -16,23 +16,11 @@ from pathlib import Path
 
 import pytest
 import submitit
-from helpers import (
-    CONFIGS,
-    EPOCHS,
-    WAIT_S,
-    assert_complete,
-    cli_env,
-    error_lines,
-    history_of,
-    job_args,
-    launched,
-    override,
-    run_cli,
-    runs_of,
-    wait_for,
-    write_dataset,
-)
 from submitit.core.utils import FailedJobError
+from support.cli import cli_env, error_lines, job_args, override, run_cli
+from support.data import write_dataset
+from support.processes import WAIT_S, launched, wait_for
+from support.runs import CONFIGS, EPOCHS, assert_complete, history_of, runs_in
 
 from hw3.tracking.cli import slurm_failure
 from hw3.tracking.schema import PROJECT_ROOT
@@ -194,7 +182,7 @@ def test_a_slurm_job_killed_hard_fails_the_sweep_and_the_relaunch_resumes_it(
     assert f"Slurm job {job} ended without a result (state FAILED" in line
     assert "relaunch the same command" in line and "Traceback" not in err
     assert cluster.states([job]) == {job: "FAILED"}
-    runs = {r.info.run_name: r for r in runs_of(tmp_path, "killed")}
+    runs = {r.info.run_name: r for r in runs_in(tmp_path, "killed")}
     (victim,) = [name for name, r in runs.items() if r.data.tags["pid"] == str(pid)]
     killed = runs.pop(victim)
     assert killed.info.status == "RUNNING"  # as the kill left it: nothing ran to close it
@@ -244,7 +232,7 @@ def test_a_cancelled_slurm_job_ends_its_run_killed_and_the_relaunch_resumes_it(c
     (line,) = error_lines(err)
     resumes = "stopped by SIGTERM; relaunch the same command: the run resumes from its last pass"
     assert line.endswith(resumes), line
-    runs = {r.info.run_name: r for r in runs_of(tmp_path, "cancelled")}
+    runs = {r.info.run_name: r for r in runs_in(tmp_path, "cancelled")}
     (victim,) = [name for name, r in runs.items() if r.data.tags["pid"] == str(pid)]
     assert line == f"error: {victim} {resumes}"
     cancelled = runs.pop(victim)
@@ -275,7 +263,7 @@ def test_a_request_slurm_refuses_fails_in_one_line_and_trains_nothing(
     (line,) = error_lines(result.stderr)
     assert "Slurm refused the sweep's jobs" in line and reason in line and "hydra.launcher" in line
     assert "Traceback" not in result.stderr
-    assert runs_of(tmp_path, "refused") == []
+    assert runs_in(tmp_path, "refused") == []
     assert array_jobs(tmp_path) == []
 
 
@@ -287,7 +275,7 @@ def test_a_slurm_sweep_without_slurm_installed_fails_in_one_line(tmp_path, tiny_
     (line,) = error_lines(result.stderr)
     assert "no srun here" in line and "scripts/slurm-local up" in line
     assert "Traceback" not in result.stderr
-    assert runs_of(tmp_path, "nowhere") == []
+    assert runs_in(tmp_path, "nowhere") == []
 
 
 def test_a_job_that_fails_before_training_is_one_line_naming_the_error_and_its_log(tmp_path):
@@ -322,7 +310,7 @@ def test_a_relaunch_while_array_jobs_run_or_wait_trains_no_configuration_twice(c
     jobs = array_jobs(tmp_path)
     assert len(jobs) == 8 and cluster.states(jobs) == dict.fromkeys(jobs, "COMPLETED")
 
-    runs = {r.info.run_name: r for r in runs_of(tmp_path, "again")}
+    runs = {r.info.run_name: r for r in runs_in(tmp_path, "again")}
     assert sorted(runs) == CONFIGS
     for name, run in runs.items():
         assert run.info.status == "FINISHED", name
