@@ -1,13 +1,28 @@
-"""run.py and analyze.py as a user runs them: subprocesses, their overrides, their output."""
+"""run.py and analyze.py as a user runs them: processes, their overrides, their output.
+
+A process of this checkout's run.py or analyze.py is forked from a warm interpreter (warm.py),
+one per test process, which has imported torch, MLflow and Hydra once: a real process with its
+own pid, session, files, environment and exit status, seconds faster to start. A copy of the
+project, a changed PYTHONPATH or `fresh=True` gets a new interpreter, as a user's shell would.
+"""
 
 from __future__ import annotations
 
+import atexit
+import functools
+import json
 import os
 import re
+import select
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 from hw3.tracking.schema import PROJECT_ROOT
 from support.stores import seeded_store
@@ -18,6 +33,101 @@ def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | (env or {})
 
 
+WARM_SCRIPTS = ("run.py", "analyze.py")
+
+
+class Forked:
+    """A process the warm interpreter forked: the part of `subprocess.Popen` the tests use."""
+
+    def __init__(self, args: list[str], conn: socket.socket) -> None:
+        self.args, self._conn = args, conn
+        self._lines = conn.makefile("rb", buffering=0)  # unbuffered: `select` sees what is left
+        self.pid: int = json.loads(self._lines.readline())["pid"]
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """Its exit status if it has ended (negative: the signal that ended it), else None."""
+        if self.returncode is None and select.select([self._conn], [], [], 0)[0]:
+            self._ended()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Its exit status, once it has ended; TimeoutExpired after `timeout` seconds."""
+        if self.returncode is None:
+            if not select.select([self._conn], [], [], timeout)[0]:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            self._ended()
+        assert self.returncode is not None
+        return self.returncode
+
+    def _ended(self) -> None:
+        line = self._lines.readline()
+        assert line, f"the warm interpreter's monitor of pid {self.pid} died"
+        self.returncode = json.loads(line)["exit"]
+        self._conn.close()
+
+
+@functools.cache
+def warm_socket() -> str:
+    """The socket of this test process's warm interpreter, started on first use."""
+    folder = Path(tempfile.mkdtemp(prefix="hw3-warm-"))
+    path = str(folder / "socket")
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("warm.py")), path],
+        stdout=subprocess.PIPE,
+        env=cli_env(),
+        cwd=PROJECT_ROOT,
+        start_new_session=True,
+    )
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    atexit.register(server.kill)
+    assert server.stdout is not None and server.stdout.readline() == b"ready\n", "warm.py failed"
+    return path
+
+
+def start(
+    script: str,
+    args: Sequence[str],
+    stdout: IO,
+    stderr: IO,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    project: Path = PROJECT_ROOT,
+    fresh: bool = False,
+) -> subprocess.Popen | Forked:
+    """Start `python <project>/<script> args…` in a session of its own, from the project's root
+    unless `cwd`: forked warm where it may be (see the module's docstring), else a new one."""
+    command = [sys.executable, str(project / script), *args]
+    full_env = cli_env(env)
+    if (
+        fresh
+        or project != PROJECT_ROOT
+        or script not in WARM_SCRIPTS
+        or "PYTHONPATH" in (env or {})
+    ):
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            cwd=cwd or project,
+            env=full_env,
+            start_new_session=True,
+        )
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(warm_socket())
+    socket.send_fds(conn, [b"F"], [stdout.fileno(), stderr.fileno()])
+    request = {
+        "script": command[1],
+        "args": command[2:],
+        "cwd": str(cwd or project),
+        "env": full_env,
+    }
+    conn.sendall(json.dumps(request).encode() + b"\n")
+    return Forked(command, conn)
+
+
 def run_cli(
     script: str,
     *args: str,
@@ -25,17 +135,19 @@ def run_cli(
     timeout: int = 300,
     cwd: Path | None = None,
     project: Path = PROJECT_ROOT,
+    fresh: bool = False,
 ) -> subprocess.CompletedProcess:
-    """Run `python <project>/<script> args…` (from the project's root unless `cwd`); `project`
-    is this checkout unless a test runs a copy of it."""
-    return subprocess.run(
-        [sys.executable, str(project / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=cli_env(env),
-        cwd=cwd or project,
-    )
+    """Run `python <project>/<script> args…` to its end (`start`); what it printed, as text."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = start(script, args, out, err, env=env, cwd=cwd, project=project, fresh=fresh)
+        try:
+            returncode = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(proc.args, returncode, out.read(), err.read())
 
 
 def config_args(

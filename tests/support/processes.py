@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -19,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from hw3.tracking.claim import process_alive, process_stat
 from hw3.tracking.schema import PROJECT_ROOT
-from support.cli import cli_env
+from support.cli import Forked, start
 from support.runs import logged_passes, runs_in
 
 WAIT_S = 300  # the longest any one step of a test may wait for a process or a store
@@ -60,7 +59,7 @@ def group_alive(pgid: int) -> bool:
     return any(f[:1] != ["Z"] and f[2:3] == [str(pgid)] for f in map(process_stat, pids))
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen | Forked) -> None:
     """Kill `proc` and its process group (a launcher's workers, a server's), reap it, and wait
     until every member is gone: a server's uvicorn child holds the port until it has exited."""
     with suppress(ProcessLookupError):
@@ -76,18 +75,11 @@ def launched(
     env: dict[str, str] | None = None,
     name: str = "launcher",
     project: Path = PROJECT_ROOT,
-) -> Iterator[subprocess.Popen]:
-    """`python run.py args` (of `project`) in its own process group, output in
+) -> Iterator[subprocess.Popen | Forked]:
+    """`python run.py args` (of `project`; `cli.start`) in its own process group, output in
     tmp/<name>.{out,err}; killed with its group when the block ends."""
     with open(tmp / f"{name}.out", "w") as out, open(tmp / f"{name}.err", "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, str(project / "run.py"), *args],
-            stdout=out,
-            stderr=err,
-            cwd=project,
-            env=cli_env(env),
-            start_new_session=True,
-        )
+        proc = start("run.py", args, out, err, env=env, project=project)
     try:
         yield proc
     finally:

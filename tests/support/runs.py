@@ -62,7 +62,12 @@ def untimed(history: H) -> H:
 
 def runs_in(where: Path | str, experiment: str, kind: str = "train") -> list[Run]:
     """The runs of `kind` (train, sweep, launch) in `experiment` of the store at `where` (none
-    while the experiment does not exist)."""
+    while the store or the experiment does not exist).
+
+    A SQLite store that is not there yet is not created: a process under test may be creating
+    it, and MLflow migrating one file from two processes breaks it."""
+    if isinstance(where, Path) and not (where / "mlflow.db").exists():
+        return []
     client = MlflowClient(store_uri(where))
     exp = client.get_experiment_by_name(experiment)
     return [] if exp is None else client.search_runs([exp.experiment_id], f"tags.kind = '{kind}'")

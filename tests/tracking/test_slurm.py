@@ -45,6 +45,10 @@ class Cluster:
             args, capture_output=True, text=True, check=True, timeout=60, env=cli_env(self.env)
         ).stdout
 
+    def state(self, job: str) -> str:
+        """Array task `job`'s state in the queue (PENDING, RUNNING, ...), '' once it has left."""
+        return self.command("squeue", "-h", "-r", "-j", job, "-o", "%T").strip()
+
     def queued(self, jobs: list[str]) -> list[str]:
         """Those of `jobs` (array task ids such as 12_3) still pending or running."""
         return sorted(set(jobs) & set(self.command("squeue", "-h", "-r", "-o", "%i").split()))
@@ -205,7 +209,11 @@ def test_a_slurm_job_warned_of_a_time_limit_or_preemption_requeues_and_resumes(c
     with launched(args, tmp_path, cluster.env) as sweep:
         job = first_job_after_a_pass(tmp_path, sweep)
         os.kill(process_of(job), signal.SIGUSR2)
-        returncode = sweep.wait(timeout=2 * WAIT_S)  # Slurm holds a requeued job ~2 min
+        # Slurm holds a requeued job for about two minutes (its begin time): its policy, not
+        # what this test is about. Once the job waits again, it may start at once.
+        wait_for(f"Slurm to requeue {job}", lambda: cluster.state(job) == "PENDING", sweep)
+        cluster.command("scontrol", "update", f"JobId={job}", "StartTime=now")
+        returncode = sweep.wait(timeout=WAIT_S)
     assert returncode == 0, (tmp_path / "launcher.err").read_text()[-3000:]
     after = assert_complete(tmp_path, "requeued")  # each pass once, every run FINISHED
     resumed = re.search(r"resume (\S+): run (\w+) from its last checkpoint", log_of(tmp_path, job))
