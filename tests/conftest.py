@@ -1,4 +1,5 @@
-"""Fixtures shared by every test folder: Hydra composition, a tiny dataset, one thread."""
+"""Fixtures shared by every test folder: Hydra composition, tiny datasets, one thread; and
+xdist's groups made to work under pytest 9."""
 
 from __future__ import annotations
 
@@ -52,6 +53,13 @@ def compose_config() -> Callable[..., DictConfig]:
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data root with 512 training and 256 test examples (use data.verify=false)."""
     return write_dataset(tmp_path_factory.mktemp("tiny"), 512, 256)
+
+
+@pytest.fixture(scope="session")
+def slow_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root with 3,000 training and 300 test examples: a pass takes a moment, so that a
+    process can be caught, signalled or killed while it trains (use data.verify=false)."""
+    return write_dataset(tmp_path_factory.mktemp("slow"), 3000, 300)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 from support.cli import error_lines, output, run_cli, skipped
-from support.data import write_dataset
 from support.processes import kill_when_logged, launched
 from support.runs import L_HAT, METRICS, history_of, logged_passes, runs_in, untimed
 from support.stores import store_uri
@@ -197,9 +196,8 @@ def test_a_diverging_member_stops_alone(tmp_path, tiny_root):
 
 
 @pytest.mark.slow
-def test_a_group_killed_midway_resumes_every_member_in_its_own_run(tmp_path):
-    root = write_dataset(tmp_path / "data", 3000, 500)
-    args = sweep_args(tmp_path, root, "model=plain", "seed=0,1", "trainer.epochs=3", BATCHED)
+def test_a_group_killed_midway_resumes_every_member_in_its_own_run(tmp_path, slow_root):
+    args = sweep_args(tmp_path, slow_root, "model=plain", "seed=0,1", "trainer.epochs=3", BATCHED)
     killed_store, straight_store = tmp_path / "killed", tmp_path / "straight"
     with launched(args, tmp_path, env=store_env(killed_store)) as proc:
         # Members train in turn, pass by pass: once one logged pass 2, each has a checkpoint.

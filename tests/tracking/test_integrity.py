@@ -38,12 +38,6 @@ def only_run(where: Path | str, experiment: str):
     return run
 
 
-@pytest.fixture(scope="module")
-def slow_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Enough data that a pass takes a moment: a job can be caught while it trains."""
-    return write_dataset(tmp_path_factory.mktemp("slow"), 3000, 300)
-
-
 # --- 1. the engine's code is part of the fingerprint ---------------------------------------------
 
 

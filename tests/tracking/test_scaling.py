@@ -15,7 +15,6 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from support.cli import error_lines, job_args, run_cli, stand_in_project
-from support.data import write_dataset
 from support.processes import WAIT_S, alive, launched, wait_for
 from support.runs import CONFIGS, EPOCHS, METRICS, assert_complete, history_of, runs_in
 from support.server import Server
@@ -142,8 +141,8 @@ def test_a_job_killed_in_a_parallel_sweep_is_resumed_by_the_relaunch(tmp_path, t
 
 
 @pytest.mark.slow
-def test_a_server_down_longer_than_the_retries_fails_the_job_in_one_line(tmp_path):
-    root = write_dataset(tmp_path / "data", 3000, 300)  # a pass takes a moment: time to stop it
+def test_a_server_down_longer_than_the_retries_fails_the_job_in_one_line(tmp_path, slow_root):
+    root = slow_root  # a pass takes a moment: time to stop the server
     retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
     with Server(tmp_path) as server:
         uri = f"http://{server.address}"

@@ -18,7 +18,6 @@ import pytest
 import submitit
 from submitit.core.utils import FailedJobError
 from support.cli import cli_env, error_lines, job_args, override, run_cli
-from support.data import write_dataset
 from support.processes import WAIT_S, launched, wait_for
 from support.runs import CONFIGS, EPOCHS, assert_complete, history_of, runs_in
 
@@ -103,12 +102,6 @@ def slurm_sweep(tmp: Path, root: Path, experiment: str, **launcher: str) -> list
     """run.py's arguments for GRID as Slurm array jobs, LAUNCHER's keys updated by `launcher`."""
     keys = [f"hydra.launcher.{k}={v}" for k, v in (LAUNCHER | launcher).items()]
     return ["-m", *job_args(tmp, root, experiment, "hydra/launcher=slurm", *keys, *GRID)]
-
-
-def slow_slurm_sweep(tmp: Path, experiment: str, **launcher: str) -> list[str]:
-    """`slurm_sweep` over data large enough that a pass takes a moment: a job can be caught
-    between passes."""
-    return slurm_sweep(tmp, write_dataset(tmp / "data", 3000, 300), experiment, **launcher)
 
 
 def array_jobs(tmp: Path) -> list[str]:
@@ -202,10 +195,12 @@ def test_a_slurm_job_killed_hard_fails_the_sweep_and_the_relaunch_resumes_it(
 
 
 @pytest.mark.slow
-def test_a_slurm_job_warned_of_a_time_limit_or_preemption_requeues_and_resumes(cluster, tmp_path):
+def test_a_slurm_job_warned_of_a_time_limit_or_preemption_requeues_and_resumes(
+    cluster, tmp_path, slow_root
+):
     # Before a time limit, and on preemption, Slurm sends the job's submitit process SIGUSR2
     # (--signal=USR2@…): sent here by hand, after the job's first pass.
-    args = slow_slurm_sweep(tmp_path, "requeued")
+    args = slurm_sweep(tmp_path, slow_root, "requeued")
     with launched(args, tmp_path, cluster.env) as sweep:
         job = first_job_after_a_pass(tmp_path, sweep)
         os.kill(process_of(job), signal.SIGUSR2)
@@ -226,8 +221,10 @@ def test_a_slurm_job_warned_of_a_time_limit_or_preemption_requeues_and_resumes(c
 
 
 @pytest.mark.slow
-def test_a_cancelled_slurm_job_ends_its_run_killed_and_the_relaunch_resumes_it(cluster, tmp_path):
-    args = slow_slurm_sweep(tmp_path, "cancelled")
+def test_a_cancelled_slurm_job_ends_its_run_killed_and_the_relaunch_resumes_it(
+    cluster, tmp_path, slow_root
+):
+    args = slurm_sweep(tmp_path, slow_root, "cancelled")
     with launched(args, tmp_path, cluster.env) as sweep:
         job = first_job_after_a_pass(tmp_path, sweep)
         pid = process_of(job)
@@ -301,12 +298,14 @@ def test_a_job_that_fails_before_training_is_one_line_naming_the_error_and_its_l
 
 
 @pytest.mark.slow
-def test_a_relaunch_while_array_jobs_run_or_wait_trains_no_configuration_twice(cluster, tmp_path):
+def test_a_relaunch_while_array_jobs_run_or_wait_trains_no_configuration_twice(
+    cluster, tmp_path, slow_root
+):
     # One job of each launch at a time: the first launch's jobs run one after another while the
     # relaunch's run beside them, some at the same configuration at the same moment.
     epochs = 6
     args = override(
-        slow_slurm_sweep(tmp_path, "again", array_parallelism="1"), "trainer.epochs", epochs
+        slurm_sweep(tmp_path, slow_root, "again", array_parallelism="1"), "trainer.epochs", epochs
     )
     with launched(args, tmp_path, cluster.env, name="first") as first:
         first_job_after_a_pass(tmp_path, first)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from support.cli import error_lines, job_args, output, run_cli
-from support.data import write_dataset
 from support.processes import WAIT_S, launched, wait_for
 from support.runs import EPOCHS, history_of, logged_passes, runs_in
 
@@ -20,12 +19,6 @@ from hw3.tracking.claim import Claim
 pytestmark = pytest.mark.slow  # real CLI runs, a few seconds each
 
 RESUMES = "relaunch the same command: the run resumes from its last pass"
-
-
-@pytest.fixture(scope="module")
-def slow_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Enough data that a pass takes a moment: a job can be signalled while it trains."""
-    return write_dataset(tmp_path_factory.mktemp("slow"), 3000, 300)
 
 
 def signal_after_a_pass(
