@@ -1,8 +1,9 @@
-"""Fixtures shared by every test folder: Hydra composition, tiny datasets, one thread; and
-xdist's groups made to work under pytest 9."""
+"""Fixtures shared by every test folder: Hydra composition, tiny datasets, one thread; and how
+xdist's workers share the suite."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,7 +20,8 @@ register()
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under `--dist loadgroup` (scripts/test), the `@group` suffix of an `xdist_group` test's id.
+    """Under `--dist loadgroup` (scripts/test): the `@group` suffix of an `xdist_group` test's
+    id, and the tests in the order that ends soonest.
 
     pytest-xdist 3.8 sends a group's tests to one worker by that suffix, which it writes to
     `item._nodeid`; pytest 9 builds the id from `item._id` instead, so the groups were silently
@@ -36,6 +38,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             from _pytest.nodeid import NodeId  # pytest 9's
 
             item._id = NodeId.parse(item.nodeid + suffix)
+    # Longest first, as xdist hands out work in this order: the Slurm tests (one at a time on
+    # the cluster, beside everything else), then the files with the most slow tests; the quick
+    # tests fill the workers' ends.
+    slurm = {item.path for item in items if item.nodeid.endswith("@slurm")}
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: (item.path not in slurm, -slow[item.path]))
 
 
 @pytest.fixture(scope="session")
