@@ -60,13 +60,17 @@ def serve(path: str) -> dict:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         _, fds, _, _ = socket.recv_fds(conn, 1, 2)
         request = json.loads(conn.makefile("rb").readline())
+        started, ready = os.pipe()
         pid = os.fork()
         if pid == 0:
             conn.close()
+            os.close(started)
             become_job(request, fds, set_by_imports)
+            os.close(ready)  # its session exists: the caller may signal its group
             return request
-        for fd in fds:
+        for fd in (*fds, ready):
             os.close(fd)
+        os.read(started, 1)  # b"" once the job has closed its end (or died)
         conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
         _, status = os.waitpid(pid, 0)
         conn.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
