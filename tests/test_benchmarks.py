@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import real_data_location, run_cli, synthetic_data, without_real_data
+from support.cli import run_cli
+from support.data import real_data_location, synthetic_data, without_real_data
 
 from hw3.engine import smoothness
 from hw3.engine.evaluation import full_pass

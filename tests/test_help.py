@@ -6,7 +6,7 @@ import re
 import string
 
 import pytest
-from helpers import run_cli
+from support.cli import run_cli
 
 from hw3.analysis import config as analysis_config
 from hw3.tracking.schema import PROJECT_ROOT

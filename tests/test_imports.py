@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import NAMES, cli_env, job_args, output, skipped, store_uri, write_dataset
+from support.cli import cli_env, job_args, output, skipped
+from support.data import NAMES, write_dataset
+from support.stores import store_uri
 
 from hw3.engine.files import raw_dir
 from hw3.tracking.schema import PROJECT_ROOT

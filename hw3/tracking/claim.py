@@ -22,7 +22,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _stat(pid: int) -> list[str]:
+def process_stat(pid: int) -> list[str]:
     """Fields of /proc/<pid>/stat after the command name ([] where /proc cannot tell)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -32,7 +32,7 @@ def _stat(pid: int) -> list[str]:
 
 def process_start(pid: int) -> str:
     """When process `pid` started (clock ticks since boot), '' where /proc cannot tell."""
-    fields = _stat(pid)
+    fields = process_stat(pid)
     return fields[19] if len(fields) > 19 else ""
 
 
@@ -47,7 +47,7 @@ def process_alive(pid: int, started: str) -> bool:
         return False
     except PermissionError:
         pass  # it exists, under another user
-    fields = _stat(pid)
+    fields = process_stat(pid)
     if fields[:1] == ["Z"]:
         return False
     return not started or not fields or fields[19] == started

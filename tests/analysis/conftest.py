@@ -1,19 +1,13 @@
-"""Fixtures of the analysis tests: an empty SQLite store per test, its schema made once."""
+"""Fixtures of the analysis tests: an empty SQLite store per test."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from helpers import empty_store, seeded_store
 from logged_runs import EXPERIMENT
 from mlflow.tracking import MlflowClient
-
-
-@pytest.fixture(scope="session")
-def empty_db() -> Path:
-    """A SQLite store with MLflow's schema, made once: creating the schema takes seconds."""
-    return empty_store()
+from support.stores import seeded_store
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import run_cli
 from logged_runs import (
     EXPERIMENT,
     FINAL_ACC,
@@ -21,6 +20,7 @@ from logged_runs import (
 )
 from omegaconf import OmegaConf
 from scipy import stats
+from support.cli import run_cli
 
 from hw3.analysis import config as analysis_config
 from hw3.analysis import job as analysis_job

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import nbformat
 import pytest
-from helpers import job_args, run_cli, seeded_store
 from nbclient import NotebookClient
+from support.cli import job_args, run_cli
+from support.stores import seeded_store
 
 from hw3.tracking.schema import PROJECT_ROOT
 

@@ -8,9 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import stand_in_project
 from logged_runs import log_run
 from mlflow.tracking import MlflowClient
+from support.cli import stand_in_project
+from support.stores import seeded_store
 
 from hw3.analysis.ui import KIND_TAG, MODEL_TRAINING
 
@@ -53,11 +54,9 @@ def served(lines: list[str]) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_the_ui_binds_loopback_and_port_and_opens_on_model_training(project, empty_db):
+def test_the_ui_binds_loopback_and_port_and_opens_on_model_training(project):
     db = project / "mlruns" / "mlflow.db"
-    db.parent.mkdir()
-    db.write_bytes(empty_db.read_bytes())
-    client = MlflowClient(f"sqlite:///{db}")
+    client = MlflowClient(seeded_store(db.parent))
     smoke = client.create_experiment("hw3-smoke")
     log_run(client, smoke, "plain", 0)
     chosen = client.create_experiment("hw3-mine", tags={KIND_TAG: "genai_development"})

@@ -3,7 +3,7 @@ kernels, a rerun and the CUDA-graph step against the eager one give the same bit
 trained side by side (each on its own stream, with its own graph) get their solo bits.
 
 Self-contained (torch, PyYAML and hw3.engine only): the GPU machine has neither Hydra nor
-MLflow, so gpu_check.sh runs it without conftest.py and tests/helpers.py. With $HW3_CUDA_REPORT
+MLflow, so gpu_check.sh runs it without conftest.py and tests/support/. With $HW3_CUDA_REPORT
 set, the stress check appends what it saw there as a JSON line.
 """
 

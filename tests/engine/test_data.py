@@ -11,7 +11,7 @@ from urllib.error import URLError
 import pytest
 import torch
 import torchvision.datasets
-from helpers import NAMES, TinyRaw, make_raw, write_raw
+from support.data import NAMES, TinyRaw, make_raw, write_raw
 
 import hw3.engine.files
 from hw3.engine.data import load_fashion_mnist

@@ -7,7 +7,8 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from helpers import L_HAT, Interrupt, synthetic_data, untimed
+from support.data import synthetic_data
+from support.runs import L_HAT, Interrupt, untimed
 
 from hw3.engine.data import FashionMNIST
 from hw3.engine.train import Diverged, Member, Metrics, Settings, train, train_group

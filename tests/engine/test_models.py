@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import model_params
+from support.data import model_params
 from torch import nn
 
 from hw3.engine.choices import MODELS, VARIANTS

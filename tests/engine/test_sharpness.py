@@ -8,7 +8,7 @@ from itertools import pairwise
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import synthetic_data
+from support.data import synthetic_data
 from test_smoothness import assert_unchanged, snapshot, trained_model
 from torch import nn
 from torch.func import functional_call

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import model_params, synthetic_data
+from support.data import model_params, synthetic_data
 from torch import nn
 from torch.func import functional_call
 

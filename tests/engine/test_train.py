@@ -10,18 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import (
-    BASE_METRICS,
-    L_HAT,
+from support.data import (
     PROJECT_DATA,
-    SMOOTHNESS_METRICS,
-    Interrupt,
     model_params,
     real_data_location,
     synthetic_data,
-    untimed,
     without_real_data,
 )
+from support.runs import BASE_METRICS, L_HAT, SMOOTHNESS_METRICS, Interrupt, untimed
 
 import hw3.engine.train
 from hw3.engine.data import FashionMNIST, Split, load_fashion_mnist
@@ -310,6 +306,10 @@ def test_batch_larger_than_training_set(data: FashionMNIST):
 # --- the real data, when this machine has it ----------------------------------------------------
 
 
+# The tests of `real` go to one xdist worker (scripts/test's --dist loadgroup): it loads once.
+ON_REAL = pytest.mark.xdist_group("real_fashion_mnist")
+
+
 @pytest.fixture(scope="module")
 def real(tmp_path_factory: pytest.TempPathFactory) -> FashionMNIST:
     """The whole official dataset, MD5-verified, loaded once."""
@@ -327,6 +327,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> FashionMNIST:
             shutil.rmtree(raw_dir(root))  # the decompressed copy (55 MB) is in memory now
 
 
+@ON_REAL
 def test_real_data_split_and_normalisation(real: FashionMNIST):
     assert (len(real.train), len(real.test)) == (60_000, 10_000)
     assert real.train.x.shape == (60_000, 1, 28, 28)
@@ -335,6 +336,7 @@ def test_real_data_split_and_normalisation(real: FashionMNIST):
     assert sorted(torch.bincount(real.test.y).tolist()) == [1000] * 10
 
 
+@ON_REAL
 @pytest.mark.slow  # over 2 s on two cores
 def test_one_pass_on_real_data_beats_chance(real: FashionMNIST):
     subset = FashionMNIST(

@@ -9,22 +9,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import (
-    error_lines,
-    free_port,
-    job_args,
-    real_data_location,
-    run_cli,
-    store_uri,
-    without_real_data,
-)
 from mlflow.tracking import MlflowClient
+from support.cli import error_lines, job_args, run_cli
+from support.data import real_data_location, without_real_data
+from support.server import free_port
+from support.stores import store_uri
 
 from hw3.engine.files import OFFICIAL_MD5, raw_dir, resolve
 from hw3.tracking.record import log_values
 from hw3.tracking.store import connect, experiment_id
 
-pytestmark = pytest.mark.slow  # a dozen CLI runs: about a minute on two cores
+pytestmark = [
+    pytest.mark.slow,  # a dozen CLI runs: about a minute on two cores
+    # The cases share `outcomes` (every run made at once): one xdist worker makes it.
+    pytest.mark.xdist_group("bad_input"),
+]
 
 
 @dataclass(frozen=True)

@@ -6,24 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import (
-    L_HAT,
-    METRICS,
-    error_lines,
-    history_of,
-    kill_when_logged,
-    launched,
-    logged_passes,
-    output,
-    run_cli,
-    runs_of,
-    skipped,
-    store_uri,
-    untimed,
-    write_dataset,
-)
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
+from support.cli import error_lines, output, run_cli, skipped
+from support.processes import kill_when_logged, launched
+from support.runs import L_HAT, METRICS, history_of, logged_passes, runs_in, untimed
+from support.stores import store_uri
 
 from hw3.engine.data import load_fashion_mnist
 from hw3.engine.train import train
@@ -58,7 +46,7 @@ def store_env(store: Path) -> dict[str, str]:
 
 def by_name(store: Path) -> dict[str, object]:
     """The store's training runs by run name."""
-    return {r.info.run_name: r for r in runs_of(store, "batched")}
+    return {r.info.run_name: r for r in runs_in(store, "batched")}
 
 
 def artifacts(store: Path, run_id: str) -> dict[str, bytes | None]:
@@ -120,7 +108,7 @@ def test_a_batched_sweep_logs_what_the_basic_launcher_logs_and_relaunches_alike(
     alone = run_cli("run.py", *args, env=store_env(basic))
     assert alone.returncode == 0, alone.stderr[-3000:]
 
-    (parent,) = runs_of(batched, "batched", kind="sweep")
+    (parent,) = runs_in(batched, "batched", kind="sweep")
     assert parent.info.status == "FINISHED"
     runs, expected = by_name(batched), by_name(basic)
     assert (
@@ -170,7 +158,7 @@ def test_a_diverging_member_stops_alone(tmp_path, tiny_root):
         env=store_env(stop),
     )
     assert stopped.returncode == 0, stopped.stderr[-3000:]
-    runs = {r.data.params["optimizer.lr"]: r for r in runs_of(stop, "batched")}
+    runs = {r.data.params["optimizer.lr"]: r for r in runs_in(stop, "batched")}
     assert sorted(runs) == ["0.04", "0.05", "100000.0"]
     assert all(r.info.status == "FINISHED" for r in runs.values())
     assert all(r.data.tags["group_size"] == "3" for r in runs.values())
@@ -179,7 +167,7 @@ def test_a_diverging_member_stops_alone(tmp_path, tiny_root):
     for lr, run in runs.items():
         assert "diverged" not in run.data.tags
         assert results(stop, run.info.run_id) == solo(tiny_root, lr=float(lr), epochs=2), lr
-    (parent,) = runs_of(stop, "batched", kind="sweep")
+    (parent,) = runs_in(stop, "batched", kind="sweep")
     assert parent.info.status == "FINISHED"
 
     fail = tmp_path / "fail"
@@ -191,7 +179,7 @@ def test_a_diverging_member_stops_alone(tmp_path, tiny_root):
         env=store_env(fail),
     )
     assert failed.returncode == 1
-    runs = {r.data.params["optimizer.lr"]: r for r in runs_of(fail, "batched")}
+    runs = {r.data.params["optimizer.lr"]: r for r in runs_in(fail, "batched")}
     assert sorted(runs) == ["0.04", "100000.0"]
     diverged = runs["100000.0"]
     assert diverged.info.status == "FAILED" and diverged.data.tags["diverged_pass"] == "1"
@@ -203,14 +191,13 @@ def test_a_diverging_member_stops_alone(tmp_path, tiny_root):
     lines = output(failed).splitlines()
     logged = [m for line in lines for m in (message, invalid) if line.endswith(m)]
     assert logged == [message, invalid, message]  # a log line per failed job, then the error
-    (parent,) = runs_of(fail, "batched", kind="sweep")
+    (parent,) = runs_in(fail, "batched", kind="sweep")
     assert parent.info.status == "FAILED"
 
 
 @pytest.mark.slow
-def test_a_group_killed_midway_resumes_every_member_in_its_own_run(tmp_path):
-    root = write_dataset(tmp_path / "data", 3000, 500)
-    args = sweep_args(tmp_path, root, "model=plain", "seed=0,1", "trainer.epochs=3", BATCHED)
+def test_a_group_killed_midway_resumes_every_member_in_its_own_run(tmp_path, slow_root):
+    args = sweep_args(tmp_path, slow_root, "model=plain", "seed=0,1", "trainer.epochs=3", BATCHED)
     killed_store, straight_store = tmp_path / "killed", tmp_path / "straight"
     with launched(args, tmp_path, env=store_env(killed_store)) as proc:
         # Members train in turn, pass by pass: once one logged pass 2, each has a checkpoint.
@@ -275,7 +262,7 @@ def test_a_group_size_below_one_fails_in_one_line(tmp_path, tiny_root):
         "error: invalid hydra.launcher.group_size=0: it must be an integer >= 1 "
         "(set hydra.launcher.group_size=N)"
     )
-    assert runs_of(tmp_path / "store", "batched") == []
+    assert runs_in(tmp_path / "store", "batched") == []
 
 
 @pytest.mark.slow
@@ -298,7 +285,7 @@ def test_a_member_that_cannot_be_ended_fails_alone_and_ends_when_relaunched(tmp_
         "passes are logged and its checkpoint kept: relaunch to end it"
     ]
     assert "Traceback" not in ended.stderr
-    (parent,) = runs_of(store, "batched", kind="sweep")
+    (parent,) = runs_in(store, "batched", kind="sweep")
     assert parent.info.status == "FAILED"
 
     broken.rmdir()
@@ -313,7 +300,7 @@ def test_a_member_that_cannot_be_ended_fails_alone_and_ends_when_relaunched(tmp_
     # It trained alone this time: no tags of a group it no longer trains in, nor of its failure.
     assert not {"group_size", "group_pass_time", "error"} & set(run.data.tags)
     assert "model/state_dict.pt" in artifacts(store, run.info.run_id)
-    (parent,) = runs_of(store, "batched", kind="sweep")
+    (parent,) = runs_in(store, "batched", kind="sweep")
     assert parent.info.status == "FINISHED"
 
 
@@ -329,7 +316,7 @@ def test_a_member_whose_checkpoint_is_unreadable_restarts_openly_and_the_others_
     broken.mkdir(parents=True)
     assert run_cli("run.py", *args, "seed=0", env=store_env(store)).returncode == 1
     broken.rmdir()
-    (failed,) = runs_of(store, "batched")
+    (failed,) = runs_in(store, "batched")
     (checkpoint,) = (tmp_path / "ckpt").rglob(f"{failed.info.run_id}.pt")
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
 
@@ -339,7 +326,7 @@ def test_a_member_whose_checkpoint_is_unreadable_restarts_openly_and_the_others_
         f"restart plain-seed0: run {failed.info.run_id} logged passes but its checkpoint "
         f"{checkpoint} is unreadable (truncated or corrupt" in output(relaunch)
     )
-    runs = {r.info.run_id: r for r in runs_of(store, "batched")}
+    runs = {r.info.run_id: r for r in runs_in(store, "batched")}
     old = runs.pop(failed.info.run_id)
     assert old.info.status == "FAILED" and old.data.tags["error"].startswith("run ")
     new = runs[old.data.tags["restarted_as"]]

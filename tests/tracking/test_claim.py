@@ -14,9 +14,19 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import stat_fields, store_uri, wait_for
+from support.processes import wait_for
+from support.stores import store_uri
 
-from hw3.tracking.claim import Claim, Heartbeat, holder_tags, live_holder, now_ms, process_alive
+from hw3.tracking.claim import (
+    Claim,
+    Heartbeat,
+    holder_tags,
+    live_holder,
+    now_ms,
+    process_alive,
+    process_start,
+    process_stat,
+)
 from hw3.tracking.record import log_values
 from hw3.tracking.schema import PROJECT_ROOT
 from hw3.tracking.store import connect, experiment_id
@@ -62,10 +72,10 @@ def test_dead_zombie_and_reused_processes_are_not_alive():
     assert not process_alive(os.getpid(), str(int(me["pid_start"]) + 1))  # a reused pid
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    started = stat_fields(child.pid)[19]
+    started = process_start(child.pid)
     assert process_alive(child.pid, started)
     child.kill()
-    wait_for("the child to be a zombie", lambda: stat_fields(child.pid)[:1] == ["Z"])
+    wait_for("the child to be a zombie", lambda: process_stat(child.pid)[:1] == ["Z"])
     assert not process_alive(child.pid, started)  # killed, not reaped
     child.wait()
     assert not process_alive(child.pid, started)  # gone
@@ -121,7 +131,7 @@ def test_a_sweep_parent_stays_open_while_another_process_trains_its_run(tmp_path
     try:
         running = store.client.create_run(experiment, tags=child_tags).info.run_id
         holder = {"host": socket.gethostname(), "pid": trainer.pid}
-        holder["pid_start"] = stat_fields(trainer.pid)[19]
+        holder["pid_start"] = process_start(trainer.pid)
         log_values(store, running, tags=holder | {"heartbeat": now_ms()})
         assert close(completed=True) == "RUNNING"
         assert store.client.get_run(parent).info.status == "RUNNING"
@@ -181,7 +191,7 @@ def test_launches_whose_process_is_gone_end_killed_at_their_last_heartbeat(tmp_p
     launcher = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
         here = {"host": socket.gethostname(), "pid": launcher.pid}
-        here["pid_start"] = stat_fields(launcher.pid)[19]
+        here["pid_start"] = process_start(launcher.pid)
         killed = launch(here | {"heartbeat": 1_000})
     finally:
         launcher.send_signal(signal.SIGKILL)

@@ -17,23 +17,12 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import (
-    EPOCHS,
-    METRICS,
-    history_of,
-    job_args,
-    kill_when_logged,
-    launched,
-    logged_passes,
-    output,
-    override,
-    run_cli,
-    runs_of,
-    store_uri,
-    wait_for,
-    write_dataset,
-)
 from mlflow.tracking import MlflowClient
+from support.cli import job_args, output, override, run_cli
+from support.data import write_dataset
+from support.processes import kill_when_logged, launched, wait_for
+from support.runs import EPOCHS, METRICS, history_of, logged_passes, runs_in
+from support.stores import store_uri
 
 from hw3.engine.files import OFFICIAL_MD5, raw_dir
 from hw3.tracking.schema import PROJECT_ROOT
@@ -45,14 +34,8 @@ UNTIMED = sorted(k for k in METRICS if not k.startswith("time/"))
 
 def only_run(where: Path | str, experiment: str):
     """The experiment's single training run."""
-    (run,) = runs_of(where, experiment)
+    (run,) = runs_in(where, experiment)
     return run
-
-
-@pytest.fixture(scope="module")
-def slow_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Enough data that a pass takes a moment: a job can be caught while it trains."""
-    return write_dataset(tmp_path_factory.mktemp("slow"), 3000, 300)
 
 
 # --- 1. the engine's code is part of the fingerprint ---------------------------------------------
@@ -82,7 +65,7 @@ def test_an_engine_change_reruns_and_other_changes_do_not(tmp_path, tiny_root, p
     args = ["-m", *job_args(tmp_path, tiny_root, "code", "seed=0,1", "trainer.epochs=1")]
     first = run_cli("run.py", *args, project=project_copy)
     assert first.returncode == 0, first.stderr[-3000:]
-    before = {r.info.run_id: r.data.tags["engine_version"] for r in runs_of(tmp_path, "code")}
+    before = {r.info.run_id: r.data.tags["engine_version"] for r in runs_in(tmp_path, "code")}
     assert len(before) == 2 and len(set(before.values())) == 1
 
     # Comments, docstrings and other layers do not change what is computed: skipped.
@@ -94,7 +77,7 @@ def test_an_engine_change_reruns_and_other_changes_do_not(tmp_path, tiny_root, p
     same = run_cli("run.py", *args, project=project_copy)
     assert same.returncode == 0, same.stderr[-3000:]
     assert output(same).count("already FINISHED") == 2
-    assert {r.info.run_id for r in runs_of(tmp_path, "code")} == set(before)
+    assert {r.info.run_id for r in runs_in(tmp_path, "code")} == set(before)
 
     # What is computed changes: every seed reruns, the old seeds too, with one more seed.
     running_loss = "self.step.loss_sum.item() / int(self.step.steps)"
@@ -103,7 +86,7 @@ def test_an_engine_change_reruns_and_other_changes_do_not(tmp_path, tiny_root, p
     changed = run_cli("run.py", *args, project=project_copy)
     assert changed.returncode == 0, changed.stderr[-3000:]
     assert "already FINISHED" not in output(changed)
-    runs = runs_of(tmp_path, "code")
+    runs = runs_in(tmp_path, "code")
     new = [r for r in runs if r.info.run_id not in before]
     assert sorted(r.data.tags["seed"] for r in new) == ["0", "1", "2"]
     (version,) = {r.data.tags["engine_version"] for r in new}
@@ -127,7 +110,7 @@ def test_a_run_killed_under_other_engine_code_is_not_resumed(tmp_path, slow_root
     assert f"not resuming run {killed.info.run_id} of plain-seed0: engine_version" in output(
         relaunch
     )
-    runs = {r.info.run_id: r for r in runs_of(tmp_path, "killed")}
+    runs = {r.info.run_id: r for r in runs_in(tmp_path, "killed")}
     old = runs.pop(killed.info.run_id)
     (new,) = runs.values()
     assert old.info.status == "KILLED" and "engine_version" in old.data.tags["superseded"]
@@ -147,7 +130,7 @@ def test_a_second_launch_skips_a_run_another_process_trains(tmp_path, slow_root)
         logs = [tmp_path / "first.out", tmp_path / "first.err"]
         wait_for("the first pass", lambda: any("pass 1/" in f.read_text() for f in logs), first)
         os.killpg(first.pid, signal.SIGSTOP)
-        (run,) = runs_of(tmp_path, "twice")
+        (run,) = runs_in(tmp_path, "twice")
         try:
             second = run_cli("run.py", *args)
         finally:
@@ -171,7 +154,7 @@ def test_two_copies_of_a_sweep_share_its_jobs_and_log_each_pass_once(tmp_path, t
         assert a.wait(timeout=300) == 0 and b.wait(timeout=300) == 0
     err = (tmp_path / "a.err").read_text() + (tmp_path / "b.err").read_text()
     out = (tmp_path / "a.out").read_text() + (tmp_path / "b.out").read_text() + err
-    runs = runs_of(tmp_path, "copies")
+    runs = runs_in(tmp_path, "copies")
     assert sorted(r.info.run_name for r in runs) == [
         "bn-seed0", "bn-seed1", "plain-seed0", "plain-seed1",
     ]  # fmt: skip
@@ -179,7 +162,7 @@ def test_two_copies_of_a_sweep_share_its_jobs_and_log_each_pass_once(tmp_path, t
         assert run.info.status == "FINISHED", (run.info.run_name, out[-3000:])
         for points in history_of(tmp_path, run.info.run_id).values():
             assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), run.info.run_name
-    (parent,) = runs_of(tmp_path, "copies", "sweep")
+    (parent,) = runs_in(tmp_path, "copies", "sweep")
     assert parent.info.status == "FINISHED"
     assert "Traceback" not in err
 
@@ -192,7 +175,7 @@ def test_a_live_run_s_heartbeat_advances_and_keeps_another_host_off(tmp_path, sl
     )  # fmt: skip
     client = MlflowClient(store_uri(tmp_path))
     with launched(args, tmp_path) as job:
-        (run,) = wait_for("the job's run", lambda: runs_of(tmp_path, "beating"), job)
+        (run,) = wait_for("the job's run", lambda: runs_in(tmp_path, "beating"), job)
         first_beat = int(run.data.tags["heartbeat"])
         beats = {first_beat}
 
@@ -297,7 +280,7 @@ def test_logged_passes_without_a_checkpoint_restart_openly_in_a_new_run(tmp_path
         checkpoint.unlink()
     relaunch = run_cli("run.py", *args)
     assert relaunch.returncode == 0, relaunch.stderr[-3000:]
-    runs = {r.info.run_id: r for r in runs_of(tmp_path, "lost")}
+    runs = {r.info.run_id: r for r in runs_in(tmp_path, "lost")}
     old = runs.pop(killed.info.run_id)
     (new,) = runs.values()
     assert f"restart plain-seed0: run {old.info.run_id} logged passes but its checkpoint" in output(
@@ -339,10 +322,10 @@ def test_a_sweep_lists_every_job_it_asked_for_run_or_skipped(tmp_path, tiny_root
     assert more.returncode == 0, more.stderr[-3000:]
     assert output(more).count("already FINISHED") == 2
     (second,) = [
-        p for p in runs_of(tmp_path, "listed", "sweep") if "0,1,2" in p.data.tags["overrides"]
+        p for p in runs_in(tmp_path, "listed", "sweep") if "0,1,2" in p.data.tags["overrides"]
     ]
     listed = {k: v for k, v in second.data.tags.items() if k.startswith("job.")}
-    runs = runs_of(tmp_path, "listed")
+    runs = runs_in(tmp_path, "listed")
     assert listed == {f"job.{r.data.tags['fingerprint']}": r.info.run_id for r in runs}
     assert len(listed) == 3
 
@@ -422,7 +405,7 @@ def test_every_run_records_its_dataset_and_other_data_is_another_run(tmp_path, t
     second = run_cli("run.py", *override(args, "data.root", other))
     assert second.returncode == 0, second.stderr[-3000:]
     assert "already FINISHED" not in output(second)
-    digests = {r.data.tags["dataset_digest"] for r in runs_of(tmp_path, "data")}
+    digests = {r.data.tags["dataset_digest"] for r in runs_in(tmp_path, "data")}
     assert len(digests) == 2
 
 
@@ -434,7 +417,7 @@ def test_a_run_failed_on_broken_data_resumes_in_place_once_they_are_repaired(tmp
     args = job_args(tmp_path, root, "repaired", "trainer.epochs=1")
     broken = run_cli("run.py", *args)
     assert broken.returncode == 1
-    (failed,) = runs_of(tmp_path, "repaired")
+    (failed,) = runs_in(tmp_path, "repaired")
     assert failed.info.status == "FAILED" and "truncated" in failed.data.tags["error"]
     assert not failed.inputs.dataset_inputs  # it never trained on them
 
@@ -442,7 +425,7 @@ def test_a_run_failed_on_broken_data_resumes_in_place_once_they_are_repaired(tmp
     repaired = run_cli("run.py", *args)
     assert repaired.returncode == 0, repaired.stderr[-3000:]
     assert f"resume plain-seed0: run {failed.info.run_id}" in output(repaired)
-    (run,) = runs_of(tmp_path, "repaired")
+    (run,) = runs_in(tmp_path, "repaired")
     assert (run.info.run_id, run.info.status) == (failed.info.run_id, "FINISHED")
     assert (
         "error" not in run.data.tags

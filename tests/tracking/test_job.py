@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import EPOCHS, config_args, history_of, override, runs_of, store_uri, untimed
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
+from support.cli import config_args, override
+from support.runs import EPOCHS, history_of, runs_in, untimed
+from support.stores import store_uri
 
 import hw3.tracking.store
 import hw3.tracking.training
@@ -59,7 +61,7 @@ def test_checkpoints_live_beside_the_store_and_those_in_the_old_place_still_resu
 
     lose_the_logging_of_pass(2, monkeypatch)
     assert run_job(cfg).status == "FAILED"
-    (crashed,) = runs_of(tmp_path, "moved")
+    (crashed,) = runs_in(tmp_path, "moved")
     run_id, experiment = crashed.info.run_id, crashed.info.experiment_id
     beside = tmp_path / "mlflow.db-checkpoints" / experiment
     assert (beside / f"{run_id}.pt").is_file()  # beside the store, named by experiment and run
@@ -69,7 +71,7 @@ def test_checkpoints_live_beside_the_store_and_those_in_the_old_place_still_resu
     old.parent.mkdir(parents=True)
     beside.rename(old)
     assert run_job(cfg) == Outcome("plain-seed0", "FINISHED")
-    assert [r.info.run_id for r in runs_of(tmp_path, "moved")] == [run_id]  # resumed in place
+    assert [r.info.run_id for r in runs_in(tmp_path, "moved")] == [run_id]  # resumed in place
     run = MlflowClient(store_uri(tmp_path)).get_run(run_id)
     assert run.info.status == "FINISHED"
     for key, points in history_of(tmp_path, run_id).items():
@@ -89,7 +91,7 @@ def test_a_pass_checkpointed_but_not_logged_is_logged_once_by_the_resumed_run(
     assert failed == Outcome(
         "plain-seed0", "FAILED", "plain-seed0 FAILED: the store went away while pass 2 was logged"
     )
-    (crashed,) = runs_of(tmp_path, "crash")
+    (crashed,) = runs_in(tmp_path, "crash")
     run_id = crashed.info.run_id
     assert crashed.info.status == "FAILED"
     assert crashed.data.tags["error"] == "the store went away while pass 2 was logged"
@@ -99,7 +101,7 @@ def test_a_pass_checkpointed_but_not_logged_is_logged_once_by_the_resumed_run(
     assert saved[1] == lost[0]  # pass 2 was saved before its logging failed
 
     assert run_job(config("crash")) == Outcome("plain-seed0", "FINISHED")
-    assert [r.info.run_id for r in runs_of(tmp_path, "crash")] == [run_id]  # resumed in place
+    assert [r.info.run_id for r in runs_in(tmp_path, "crash")] == [run_id]  # resumed in place
     run = MlflowClient(store_uri(tmp_path)).get_run(run_id)
     assert run.info.status == "FINISHED"
     assert not {"error", "diverged", "diverged_pass"} & set(run.data.tags)
@@ -109,7 +111,7 @@ def test_a_pass_checkpointed_but_not_logged_is_logged_once_by_the_resumed_run(
     assert {k: points[1][1] for k, points in history.items()} == lost[0]
 
     assert run_job(config("straight")).status == "FINISHED"
-    (straight,) = runs_of(tmp_path, "straight")
+    (straight,) = runs_in(tmp_path, "straight")
     assert untimed(history) == untimed(history_of(tmp_path, straight.info.run_id))
 
 
@@ -129,12 +131,12 @@ def test_a_pass_checkpointed_on_other_data_is_never_continued(
 
     lose_the_logging_of_pass(1, monkeypatch)
     assert run_job(config(tiny_root)).status == "FAILED"
-    (crashed,) = runs_of(tmp_path, "other")
+    (crashed,) = runs_in(tmp_path, "other")
     assert crashed.info.status == "FAILED" and "test/acc" not in crashed.data.metrics
     assert list((tmp_path / "ckpt").rglob(f"{crashed.info.run_id}.pt"))  # pass 1, not logged
 
     assert run_job(config(other)).status == "FINISHED"
-    runs = {r.info.run_id: r for r in runs_of(tmp_path, "other")}
+    runs = {r.info.run_id: r for r in runs_in(tmp_path, "other")}
     old = runs.pop(crashed.info.run_id)
     (run_id,) = runs
     assert old.data.tags["superseded"].startswith("dataset_digest ")
@@ -159,7 +161,7 @@ def test_a_job_that_cannot_record_itself_on_its_sweep_holds_nothing(
     # Kept, as a sweep keeps a job's outcome.
     failed = run_job(cfg)
     assert failed.status == "FAILED" and failed.line.startswith("plain-seed0 stopped: ")
-    (run,) = runs_of(tmp_path, "orphan")
+    (run,) = runs_in(tmp_path, "orphan")
     assert run.info.status == "FAILED"  # not left RUNNING by this live process
     (lock,) = (tmp_path / "ckpt").rglob("*.lock")
     claim = Claim.take(lock)
@@ -169,5 +171,5 @@ def test_a_job_that_cannot_record_itself_on_its_sweep_holds_nothing(
     for key in (*sweep, ENV_SWEEP):
         monkeypatch.delenv(key)
     assert run_job(cfg) == Outcome("plain-seed0", "FINISHED")
-    assert [r.info.run_id for r in runs_of(tmp_path, "orphan")] == [run.info.run_id]
+    assert [r.info.run_id for r in runs_in(tmp_path, "orphan")] == [run.info.run_id]
     assert MlflowClient(store_uri(tmp_path)).get_run(run.info.run_id).info.status == "FINISHED"

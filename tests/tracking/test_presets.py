@@ -4,7 +4,8 @@ preset sets is what its runs log (the sweep's grid narrowed on the command line)
 from __future__ import annotations
 
 import pytest
-from helpers import job_args, output, run_cli, runs_of
+from support.cli import job_args, output, run_cli
+from support.runs import runs_in
 
 pytestmark = pytest.mark.slow  # each starts run.py and trains
 
@@ -17,7 +18,7 @@ def test_the_landscape_preset_logs_k_directions_the_profile_and_sharpness(tmp_pa
     args = job_args(tmp_path, tiny_root, "landscape", "experiment=landscape", *grid)
     done = run_cli("run.py", "-m", *args)
     assert done.returncode == 0, done.stderr[-3000:]
-    (run,) = runs_of(tmp_path, "landscape")
+    (run,) = runs_in(tmp_path, "landscape")
     assert run.info.status == "FINISHED", output(done)[-3000:]
     params = run.data.params
     assert (params["smoothness.scales"], params["smoothness.sharpness"]) == (PROFILE, "True")
@@ -33,7 +34,7 @@ def test_the_lr_stability_preset_keeps_a_diverged_run_as_a_result(tmp_path, tiny
     args = job_args(tmp_path, tiny_root, "stability", "experiment=lr_stability", *grid)
     done = run_cli("run.py", "-m", *args)
     assert done.returncode == 0, done.stderr[-3000:]
-    runs = {r.data.params["optimizer.lr"]: r for r in runs_of(tmp_path, "stability")}
+    runs = {r.data.params["optimizer.lr"]: r for r in runs_in(tmp_path, "stability")}
     assert sorted(runs) == ["0.04", "100000.0"]
     for run in runs.values():
         assert run.info.status == "FINISHED", output(done)[-3000:]

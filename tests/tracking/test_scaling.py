@@ -12,26 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import (
-    CONFIGS,
-    EPOCHS,
-    METRICS,
-    WAIT_S,
-    Server,
-    alive,
-    assert_complete,
-    error_lines,
-    history_of,
-    job_args,
-    launched,
-    run_cli,
-    runs_of,
-    stand_in_project,
-    wait_for,
-    write_dataset,
-)
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+from support.cli import error_lines, job_args, run_cli, stand_in_project
+from support.processes import WAIT_S, alive, launched, wait_for
+from support.runs import CONFIGS, EPOCHS, METRICS, assert_complete, history_of, runs_in
+from support.server import Server
 
 from hw3.tracking.record import log_values
 from hw3.tracking.schema import PROJECT_ROOT
@@ -50,7 +36,7 @@ def points_logged(where: Path | str, experiment: str) -> int:
     """How many metric points the experiment's training runs hold."""
     return sum(
         len(points)
-        for run in runs_of(where, experiment)
+        for run in runs_in(where, experiment)
         for points in history_of(where, run.info.run_id).values()
     )
 
@@ -70,13 +56,13 @@ def test_parallel_jobs_ride_out_server_restarts_and_record_no_credentials(tmp_pa
         plain = f"http://{server.address}"
         with launched(args, tmp_path, {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}) as sweep:
             # Down once while the jobs start (their first calls), once while they log passes.
-            wait_for("the sweep's parent run", lambda: runs_of(plain, "served", "sweep"), sweep)
+            wait_for("the sweep's parent run", lambda: runs_in(plain, "served", "sweep"), sweep)
             server.stop()
             server.hang_up_on_a_caller(sweep)
             server.start()
             wait_for(
                 "a first pass logged",
-                lambda: any(r.data.metrics for r in runs_of(plain, "served")),
+                lambda: any(r.data.metrics for r in runs_in(plain, "served")),
                 sweep,
             )
             logged_before = points_logged(plain, "served")
@@ -89,7 +75,7 @@ def test_parallel_jobs_ride_out_server_restarts_and_record_no_credentials(tmp_pa
         runs = assert_complete(plain, "served")
 
         client = MlflowClient(plain)
-        (parent,) = runs_of(plain, "served", kind="sweep")
+        (parent,) = runs_in(plain, "served", kind="sweep")
         for run in [*runs.values(), parent]:
             recorded = [*run.data.params.values(), *run.data.tags.values()]
             assert not [v for v in recorded if "secret" in v], run.info.run_name
@@ -119,7 +105,7 @@ def test_a_job_killed_in_a_parallel_sweep_is_resumed_by_the_relaunch(tmp_path, t
         # A checkpoint exists only after a pass, when the store's schema is surely complete.
         if not list(tmp_path.glob("ckpt/**/*.pt")):
             return None
-        runs = runs_of(tmp_path, "killed")
+        runs = runs_in(tmp_path, "killed")
         return next((r for r in runs if r.data.metrics and "pid" in r.data.tags), None)
 
     pids: list[int] = []
@@ -129,7 +115,7 @@ def test_a_job_killed_in_a_parallel_sweep_is_resumed_by_the_relaunch(tmp_path, t
             assert victim.data.tags["host"] == socket.gethostname()
             os.kill(int(victim.data.tags["pid"]), signal.SIGKILL)
             returncode = sweep.wait(timeout=WAIT_S)
-        runs = runs_of(tmp_path, "killed")
+        runs = runs_in(tmp_path, "killed")
         pids = [int(r.data.tags["pid"]) for r in runs if "pid" in r.data.tags]
         # No job of the aborted sweep may go on logging beside the relaunch's.
         wait_for("the aborted sweep's jobs to be gone", lambda: not any(map(alive, pids)))
@@ -142,7 +128,7 @@ def test_a_job_killed_in_a_parallel_sweep_is_resumed_by_the_relaunch(tmp_path, t
     (line,) = error_lines(err)
     assert "process died" in line and "relaunch the same command" in line
     assert "Traceback" not in err
-    (parent,) = runs_of(tmp_path, "killed", kind="sweep")
+    (parent,) = runs_in(tmp_path, "killed", kind="sweep")
     assert parent.info.status == "FAILED"
     killed = next(r for r in runs if r.info.run_id == victim.info.run_id)
     assert killed.info.status == "RUNNING"  # as the kill left it: nothing ran to close it
@@ -155,8 +141,8 @@ def test_a_job_killed_in_a_parallel_sweep_is_resumed_by_the_relaunch(tmp_path, t
 
 
 @pytest.mark.slow
-def test_a_server_down_longer_than_the_retries_fails_the_job_in_one_line(tmp_path):
-    root = write_dataset(tmp_path / "data", 3000, 300)  # a pass takes a moment: time to stop it
+def test_a_server_down_longer_than_the_retries_fails_the_job_in_one_line(tmp_path, slow_root):
+    root = slow_root  # a pass takes a moment: time to stop the server
     retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
     with Server(tmp_path) as server:
         uri = f"http://{server.address}"
@@ -164,7 +150,7 @@ def test_a_server_down_longer_than_the_retries_fails_the_job_in_one_line(tmp_pat
         args = job_args(tmp_path, root, "down", "trainer.epochs=2", uri=uri)
 
         def logged_a_pass() -> Run | None:
-            return next((r for r in runs_of(uri, "down") if r.data.metrics), None)
+            return next((r for r in runs_in(uri, "down") if r.data.metrics), None)
 
         with launched(args, tmp_path, retries) as job:
             run = wait_for("a first pass logged", logged_a_pass, job)
@@ -184,7 +170,7 @@ def test_a_server_down_longer_than_the_retries_fails_the_job_in_one_line(tmp_pat
         server.start()
         relaunch = run_cli("run.py", *args)
         assert relaunch.returncode == 0, relaunch.stderr[-3000:]
-        (resumed,) = runs_of(uri, "down")
+        (resumed,) = runs_in(uri, "down")
         assert (resumed.info.run_id, resumed.info.status) == (run.info.run_id, "FINISHED")
         for key, points in history_of(uri, run.info.run_id).items():
             assert [s for s, _ in points] == [1, 2], key

@@ -10,32 +10,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import (
-    EPOCHS,
-    WAIT_S,
-    error_lines,
-    history_of,
-    job_args,
-    launched,
-    logged_passes,
-    output,
-    run_cli,
-    runs_of,
-    wait_for,
-    write_dataset,
-)
+from support.cli import error_lines, job_args, output, run_cli
+from support.processes import WAIT_S, launched, wait_for
+from support.runs import EPOCHS, history_of, logged_passes, runs_in
 
 from hw3.tracking.claim import Claim
 
 pytestmark = pytest.mark.slow  # real CLI runs, a few seconds each
 
 RESUMES = "relaunch the same command: the run resumes from its last pass"
-
-
-@pytest.fixture(scope="module")
-def slow_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Enough data that a pass takes a moment: a job can be signalled while it trains."""
-    return write_dataset(tmp_path_factory.mktemp("slow"), 3000, 300)
 
 
 def signal_after_a_pass(
@@ -45,7 +28,7 @@ def signal_after_a_pass(
     or a shutdown does) once a run of `experiment` logged a pass; `proc`'s exit status."""
 
     def logged() -> bool:
-        return any(logged_passes(tmp, r.info.run_id) for r in runs_of(tmp, experiment))
+        return any(logged_passes(tmp, r.info.run_id) for r in runs_in(tmp, experiment))
 
     wait_for(f"a run of {experiment} to log a pass", logged, proc)
     if group:
@@ -57,7 +40,7 @@ def signal_after_a_pass(
 
 def assert_every_pass_once(tmp: Path, experiment: str, names: list[str]) -> None:
     """The experiment's runs are `names`, FINISHED, each metric logged at passes 1..EPOCHS once."""
-    runs = runs_of(tmp, experiment)
+    runs = runs_in(tmp, experiment)
     assert sorted(r.info.run_name for r in runs) == names
     for run in runs:
         assert run.info.status == "FINISHED", run.info.run_name
@@ -77,7 +60,7 @@ def test_a_signalled_job_ends_its_run_killed_and_the_relaunch_resumes_it(
     assert returncode != 0
     assert error_lines(err) == [f"error: plain-seed0 stopped by {name}; {RESUMES}"]
     assert "Traceback" not in err
-    (run,) = runs_of(tmp_path, "stop")
+    (run,) = runs_in(tmp_path, "stop")
     assert run.info.status == "KILLED"
     assert run.data.tags["error"] == f"stopped by {name}; {RESUMES}"
     passes = logged_passes(tmp_path, run.info.run_id)
@@ -91,7 +74,7 @@ def test_a_signalled_job_ends_its_run_killed_and_the_relaunch_resumes_it(
     assert relaunch.returncode == 0, relaunch.stderr[-3000:]
     assert f"resume plain-seed0: run {run.info.run_id} from its last checkpoint" in output(relaunch)
     assert_every_pass_once(tmp_path, "stop", ["plain-seed0"])
-    (resumed,) = runs_of(tmp_path, "stop")
+    (resumed,) = runs_in(tmp_path, "stop")
     assert "error" not in resumed.data.tags
 
 
@@ -117,18 +100,18 @@ def test_a_signalled_sweep_ends_its_runs_and_its_launch_killed(
     assert returncode != 0
     (line,) = error_lines(err)
     assert line.endswith(f"stopped by SIGTERM; {RESUMES}"), line
-    runs = runs_of(tmp_path, "sweep")
+    runs = runs_in(tmp_path, "sweep")
     assert runs  # the basic launcher stops before its second job opens its run
     for run in runs:
         assert run.info.status == "KILLED", run.info.run_name
         assert run.data.tags["error"] == f"stopped by SIGTERM; {RESUMES}"
-    (launch,) = runs_of(tmp_path, "sweep", kind="launch")
+    (launch,) = runs_in(tmp_path, "sweep", kind="launch")
     assert launch.info.status == "KILLED" and "stopped by SIGTERM" in launch.data.tags["error"]
-    (parent,) = runs_of(tmp_path, "sweep", kind="sweep")
+    (parent,) = runs_in(tmp_path, "sweep", kind="sweep")
     assert parent.info.status == "KILLED"
 
     relaunch = run_cli("run.py", *args)
     assert relaunch.returncode == 0, relaunch.stderr[-3000:]
     assert_every_pass_once(tmp_path, "sweep", ["plain-seed0", "plain-seed1"])
-    (parent,) = runs_of(tmp_path, "sweep", kind="sweep")
+    (parent,) = runs_in(tmp_path, "sweep", kind="sweep")
     assert parent.info.status == "FINISHED"

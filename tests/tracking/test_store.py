@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Server, clone_runs, store_uri
 from mlflow.entities import Metric
+from support.server import Server
+from support.stores import clone_runs, store_uri
 
 from hw3.tracking import reading
 from hw3.tracking.reading import find_runs, metric_histories

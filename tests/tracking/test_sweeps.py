@@ -13,20 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import (
-    METRICS,
-    error_lines,
-    history_of,
-    job_args,
-    output,
-    run_cli,
-    runs_of,
-    skipped,
-    store_uri,
-    untimed,
-)
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+from support.cli import error_lines, job_args, output, run_cli, skipped
+from support.runs import METRICS, history_of, runs_in, untimed
+from support.stores import store_uri
 
 from hw3.engine.data import read_fashion_mnist
 from hw3.engine.evaluation import eval_mode, full_pass
@@ -108,6 +99,11 @@ class Swept:
     parent: Run
 
 
+# The tests of the one sweep `swept` go to one xdist worker (scripts/test's --dist loadgroup),
+# which launches it once.
+ON_SWEPT = pytest.mark.xdist_group("swept")
+
+
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> Swept:
     """The sweep, launched once (a test that relaunches it checks the runs it finds against
@@ -115,15 +111,15 @@ def swept(tmp_path_factory: pytest.TempPathFactory, tiny_root: Path) -> Swept:
     tmp = tmp_path_factory.mktemp("swept")
     first = run_cli("run.py", *sweep_args(tmp, tiny_root, SEEDS))
     assert first.returncode == 0, first.stderr[-3000:]
-    runs = {r.info.run_name: r for r in runs_of(tmp, "sweep")}
+    runs = {r.info.run_name: r for r in runs_in(tmp, "sweep")}
     histories = {name: history_of(tmp, r.info.run_id) for name, r in runs.items()}
-    (parent,) = runs_of(tmp, "sweep", kind="sweep")
+    (parent,) = runs_in(tmp, "sweep", kind="sweep")
     return Swept(tmp, runs, histories, parent)
 
 
 def launches_of(where: Path, parent: Run) -> list[Run]:
     """The launches of the sweep of `parent`, first to last."""
-    runs = runs_of(where, "sweep", kind="launch")
+    runs = runs_in(where, "sweep", kind="launch")
     mine = [r for r in runs if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
     return sorted(mine, key=lambda r: int(r.data.tags["launch"]))
 
@@ -137,6 +133,7 @@ def assert_untouched(where: Path, swept: Swept) -> None:
         assert history_of(where, before.info.run_id) == swept.histories[name], name
 
 
+@ON_SWEPT
 def test_a_sweep_logs_one_nested_run_per_job_with_what_defines_it(swept, tmp_path, tiny_root):
     assert swept.parent.info.status == "FINISHED"
     assert sorted(swept.runs) == FIRST
@@ -200,6 +197,7 @@ def test_a_sweep_logs_one_nested_run_per_job_with_what_defines_it(swept, tmp_pat
     assert len({r.data.tags["fingerprint"] for r in swept.runs.values()}) == 4
 
 
+@ON_SWEPT
 def test_a_relaunch_skips_finished_runs_and_more_seeds_run_only_the_new_ones(swept, tiny_root):
     tmp = swept.tmp  # the same command again, into the same store
     finished = sorted((name, r.info.run_id) for name, r in swept.runs.items())
@@ -208,8 +206,8 @@ def test_a_relaunch_skips_finished_runs_and_more_seeds_run_only_the_new_ones(swe
     assert again.returncode == 0, again.stderr[-3000:]
     assert skipped(output(again)) == finished
     assert_untouched(tmp, swept)
-    assert {r.info.run_id for r in runs_of(tmp, "sweep")} == {i for _, i in finished}
-    (parent,) = runs_of(tmp, "sweep", kind="sweep")  # the same sweep: the same parent run
+    assert {r.info.run_id for r in runs_in(tmp, "sweep")} == {i for _, i in finished}
+    (parent,) = runs_in(tmp, "sweep", kind="sweep")  # the same sweep: the same parent run
     assert (parent.info.run_id, parent.info.status) == (swept.parent.info.run_id, "FINISHED")
     # The parent spans both launches; each launch is a nested run of its own time.
     first, second = launches_of(tmp, parent)
@@ -222,11 +220,11 @@ def test_a_relaunch_skips_finished_runs_and_more_seeds_run_only_the_new_ones(swe
     assert more.returncode == 0, more.stderr[-3000:]
     assert skipped(output(more)) == finished
     (grown,) = [
-        p for p in runs_of(tmp, "sweep", kind="sweep") if p.info.run_id != parent.info.run_id
+        p for p in runs_in(tmp, "sweep", kind="sweep") if p.info.run_id != parent.info.run_id
     ]
     assert [r.info.run_name for r in launches_of(tmp, grown)] == ["launch-1"]  # another sweep
     assert_untouched(tmp, swept)
-    new = [r for r in runs_of(tmp, "sweep") if r.info.run_name not in swept.runs]
+    new = [r for r in runs_in(tmp, "sweep") if r.info.run_name not in swept.runs]
     assert sorted(r.info.run_name for r in new) == ["bn-seed2", "plain-seed2"]
     for run in new:
         assert run.info.status == "FINISHED"
@@ -234,6 +232,7 @@ def test_a_relaunch_skips_finished_runs_and_more_seeds_run_only_the_new_ones(swe
             assert [s for s, _ in points] == [1, 2]
 
 
+@ON_SWEPT
 def test_force_reruns_a_finished_configuration_in_a_new_run(swept, tmp_path, tiny_root):
     shutil.copy(swept.tmp / "mlflow.db", tmp_path / "mlflow.db")  # the runs' artifacts stay put
     plain_seed0 = job_args(tmp_path, tiny_root, "sweep", *GRID[1:], "model=plain", "seed=0")
@@ -243,7 +242,7 @@ def test_force_reruns_a_finished_configuration_in_a_new_run(swept, tmp_path, tin
     old = swept.runs["plain-seed0"]
     (new,) = [
         r
-        for r in runs_of(tmp_path, "sweep")
+        for r in runs_in(tmp_path, "sweep")
         if r.info.run_name == "plain-seed0" and r.info.run_id != old.info.run_id
     ]
     assert (new.info.run_name, new.info.status) == ("plain-seed0", "FINISHED")
@@ -260,7 +259,7 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, tiny_root):
     ]
     result = run_cli("run.py", *args)
     assert result.returncode == 1
-    runs = {r.data.params["optimizer.lr"]: r for r in runs_of(tmp_path, "faults")}
+    runs = {r.data.params["optimizer.lr"]: r for r in runs_in(tmp_path, "faults")}
     assert runs["0.04"].info.status == "FINISHED"
     diverged = runs["100000.0"]
     assert diverged.info.status == "FAILED"
@@ -269,7 +268,7 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, tiny_root):
     assert error.startswith("training diverged: non-finite loss at pass 1, step ")
     assert error_lines(result.stderr) == [f"error: plain-seed0 FAILED: {error}"]
     assert "Traceback" not in result.stderr
-    (parent,) = runs_of(tmp_path, "faults", kind="sweep")
+    (parent,) = runs_in(tmp_path, "faults", kind="sweep")
     assert parent.info.status == "FAILED"
 
 
@@ -280,7 +279,7 @@ def test_a_run_that_cannot_be_ended_fails_in_one_line_and_ends_when_relaunched(t
     broken.mkdir(parents=True)
     result = run_cli("run.py", *args)
     assert result.returncode == 1
-    (failed,) = runs_of(tmp_path, "ending")
+    (failed,) = runs_in(tmp_path, "ending")
     error = failed.data.tags["error"]
     assert failed.info.status == "FAILED" and error.startswith("[Errno 21] Is a directory")
     assert error_lines(result.stderr) == [
@@ -294,7 +293,7 @@ def test_a_run_that_cannot_be_ended_fails_in_one_line_and_ends_when_relaunched(t
     broken.rmdir()
     again = run_cli("run.py", *args)
     assert again.returncode == 0, again.stderr[-3000:]
-    (run,) = runs_of(tmp_path, "ending")
+    (run,) = runs_in(tmp_path, "ending")
     assert (run.info.run_id, run.info.status) == (failed.info.run_id, "FINISHED")
     assert [s for s, _ in history_of(tmp_path, run.info.run_id)["test/acc"]] == [1]
     assert "model" in {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -309,7 +308,7 @@ def test_a_failed_run_exits_in_one_line_and_resumes_in_place_once_repaired(tmp_p
         "error: plain-seed0 FAILED: trainer.device=cuda but no CUDA GPU is visible; "
         "use trainer.device=cpu"
     ]
-    (failed,) = runs_of(tmp_path, "single")
+    (failed,) = runs_in(tmp_path, "single")
     assert failed.info.status == "FAILED" and "CUDA" in failed.data.tags["error"]
     client = MlflowClient(store_uri(tmp_path))
     assert "error.txt" in {a.path for a in client.list_artifacts(failed.info.run_id)}
@@ -318,7 +317,7 @@ def test_a_failed_run_exits_in_one_line_and_resumes_in_place_once_repaired(tmp_p
     repaired = run_cli("run.py", *args, "trainer.device=auto")
     assert repaired.returncode == 0, repaired.stderr[-3000:]
     assert f"resume plain-seed0: run {failed.info.run_id}" in output(repaired)
-    (run,) = runs_of(tmp_path, "single")
+    (run,) = runs_in(tmp_path, "single")
     assert (run.info.run_id, run.info.status) == (failed.info.run_id, "FINISHED")
     assert "error" not in run.data.tags
     assert (run.data.tags["device"], run.data.tags["trainer.device"]) == ("cpu", "auto")
@@ -346,7 +345,7 @@ def test_relative_paths_resolve_from_the_project_root_and_the_environment_names_
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{relative(tmp_path / 'store')}/mlflow.db"}
     result = run_cli("run.py", *args, env=env, cwd=elsewhere)
     assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = runs_of(tmp_path / "store", "rel")
+    (run,) = runs_in(tmp_path / "store", "rel")
     assert run.info.status == "FINISHED"
     (dataset_input,) = run.inputs.dataset_inputs
     assert json.loads(dataset_input.dataset.source) == {"uri": raw_dir(tiny_root).as_uri()}

@@ -1,0 +1,9 @@
+"""What the tests share besides fixtures (those are in conftest.py), by concern:
+
+- `data`: tiny IDX datasets and synthetic splits, the official files where this machine has them;
+- `runs`: what a test run is and logs (metrics, the measurement, the 2×2 sweep) and reading it back;
+- `stores`: SQLite stores with MLflow's schema, copies of runs written by SQL;
+- `cli`: run.py and analyze.py as subprocesses, their overrides and output;
+- `processes`: waiting on, launching and killing processes and their groups;
+- `server`: a real `mlflow server`.
+"""

@@ -1,0 +1,101 @@
+"""A warm interpreter: `python tests/support/warm.py SOCKET` imports what run.py and analyze.py
+import, then forks a fresh process per request on SOCKET and runs the script in it.
+
+Each such process is what `python <script> args…` would be, less the seconds of importing torch,
+MLflow and Hydra: its own pid, session and process group, its own stdin (/dev/null), stdout and
+stderr (files the caller passes), working directory, environment and argv; the script runs as
+`__main__` and the interpreter ends as it would (atexit handlers, exit status, a traceback for an
+uncaught error). Its parent is a small monitor process that reports its pid, then its exit status
+(negative: the signal that ended it), one JSON line each, on the request's connection.
+
+Run by path, not imported: its only dependency on the tests is this file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+
+
+def warm_up() -> dict[str, str]:
+    """Import what a job and an analysis import; the environment variables the imports set."""
+    before = dict(os.environ)
+    import hydra  # noqa: F401
+    import matplotlib
+
+    matplotlib.use("Agg")  # what analyze.py selects; pyplot is imported by the figures module
+    import torch
+
+    import hw3.analysis.job
+    import hw3.tracking.job
+    import hw3.tracking.sweep
+    import hw3.tracking.training  # noqa: F401
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # imports torch._dynamo
+    # Native pools (OpenBLAS, Arrow's jemalloc) have fork handlers, as multiprocessing's fork
+    # (and analyze.py's figure workers) rely on; a Python thread would not survive the fork.
+    if threading.active_count() != 1:
+        raise RuntimeError("the warm interpreter started a Python thread: it cannot fork")
+    return {k: v for k, v in os.environ.items() if before.get(k) != v}
+
+
+def serve(path: str) -> dict:
+    """Accept requests forever; return only in a forked job process, with its request."""
+    set_by_imports = warm_up()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the monitors
+    print("ready", flush=True)
+    while True:
+        conn, _ = listener.accept()
+        if os.fork() != 0:
+            conn.close()
+            continue
+        listener.close()  # the monitor of one request
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        _, fds, _, _ = socket.recv_fds(conn, 1, 2)
+        request = json.loads(conn.makefile("rb").readline())
+        started, ready = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            conn.close()
+            os.close(started)
+            become_job(request, fds, set_by_imports)
+            os.close(ready)  # its session exists: the caller may signal its group
+            return request
+        for fd in (*fds, ready):
+            os.close(fd)
+        os.read(started, 1)  # b"" once the job has closed its end (or died)
+        conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        _, status = os.waitpid(pid, 0)
+        conn.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+        os._exit(0)
+
+
+def become_job(request: dict, fds: list[int], set_by_imports: dict[str, str]) -> None:
+    """Turn this forked process into `python <script>`'s, as the request describes it."""
+    os.setsid()
+    stdin = os.open(os.devnull, os.O_RDONLY)
+    for target, fd in ((0, stdin), (1, fds[0]), (2, fds[1])):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(set_by_imports | request["env"])  # as the imports would have set them
+    script = request["script"]
+    sys.argv = [script, *request["args"]]
+    sys.path[0] = os.path.dirname(script)
+
+
+if __name__ == "__main__":
+    import runpy
+    from pathlib import Path
+
+    sys.path[0] = str(Path(__file__).resolve().parents[2])  # the project's root, as for run.py
+    job = serve(sys.argv[1])
+    runpy.run_path(job["script"], run_name="__main__")
