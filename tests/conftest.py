@@ -65,9 +65,10 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def slow_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data root with 3,000 training and 300 test examples: a pass takes a moment, so that a
-    process can be caught, signalled or killed while it trains (use data.verify=false)."""
-    return write_dataset(tmp_path_factory.mktemp("slow"), 3000, 300)
+    """A data root with 1,500 training and 300 test examples: a pass takes a moment (about two
+    seconds), so that a process can be caught, signalled or killed while it trains between its
+    first and its last pass (use data.verify=false)."""
+    return write_dataset(tmp_path_factory.mktemp("slow"), 1500, 300)
 
 
 @pytest.fixture

@@ -43,6 +43,7 @@ L_HAT = Measurement(
 )
 EPOCHS = 3  # passes of the tests' CLI runs
 CONFIGS = ["bn-seed0", "bn-seed1", "plain-seed0", "plain-seed1"]  # a plain,bn × seeds 0,1 sweep
+PAIR = ["plain-seed0", "plain-seed1"]  # a plain × seeds 0,1 sweep: two jobs, where more add nothing
 H = TypeVar("H", dict[str, list[tuple[int, float]]], list[dict[str, float]])
 
 
@@ -88,13 +89,15 @@ def logged_passes(where: Path | str, run_id: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, "test/acc"))
 
 
-def assert_complete(where: Path | str, experiment: str) -> dict[str, Run]:
-    """The sweep's four runs, FINISHED under its one FINISHED parent, every metric logged at
+def assert_complete(
+    where: Path | str, experiment: str, names: list[str] = CONFIGS
+) -> dict[str, Run]:
+    """The sweep's runs (`names`), FINISHED under its one FINISHED parent, every metric logged at
     passes 1..EPOCHS exactly once, and nothing in the Default experiment; by run name."""
     (parent,) = runs_in(where, experiment, kind="sweep")
     assert parent.info.status == "FINISHED"
     runs = runs_in(where, experiment)
-    assert sorted(r.info.run_name for r in runs) == CONFIGS
+    assert sorted(r.info.run_name for r in runs) == names
     for run in runs:
         assert run.info.status == "FINISHED", run.info.run_name
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id

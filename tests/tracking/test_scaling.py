@@ -16,7 +16,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from support.cli import error_lines, job_args, run_cli, stand_in_project
 from support.processes import WAIT_S, alive, launched, wait_for
-from support.runs import CONFIGS, EPOCHS, METRICS, assert_complete, history_of, runs_in
+from support.runs import EPOCHS, METRICS, PAIR, assert_complete, history_of, runs_in
 from support.server import Server
 
 from hw3.tracking.record import log_values
@@ -27,6 +27,15 @@ PARALLEL = [
     "hydra/launcher=parallel",
     "hydra.launcher.n_jobs=4",
     "model=plain,bn",
+    "seed=0,1",
+    f"trainer.epochs={EPOCHS}",
+]
+# Two jobs at once where the number that write at once is not the point (PAIR's runs); on
+# slow_root, so that the jobs are still training when a test stops the server or kills one.
+TWO_PARALLEL = [
+    "hydra/launcher=parallel",
+    "hydra.launcher.n_jobs=2",
+    "model=plain",
     "seed=0,1",
     f"trainer.epochs={EPOCHS}",
 ]
@@ -49,10 +58,10 @@ def test_four_parallel_jobs_on_sqlite_lose_nothing(tmp_path, tiny_root):
 
 
 @pytest.mark.slow
-def test_parallel_jobs_ride_out_server_restarts_and_record_no_credentials(tmp_path, tiny_root):
+def test_parallel_jobs_ride_out_server_restarts_and_record_no_credentials(tmp_path, slow_root):
     with Server(tmp_path) as server:
         uri = f"http://user:secret@{server.address}"  # MLflow sends them; nothing may keep them
-        args = ["-m", *job_args(tmp_path, tiny_root, "served", *PARALLEL, uri=uri)]
+        args = ["-m", *job_args(tmp_path, slow_root, "served", *TWO_PARALLEL, uri=uri)]
         plain = f"http://{server.address}"
         with launched(args, tmp_path, {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}) as sweep:
             # Down once while the jobs start (their first calls), once while they log passes.
@@ -71,8 +80,8 @@ def test_parallel_jobs_ride_out_server_restarts_and_record_no_credentials(tmp_pa
             server.start()
             returncode = sweep.wait(timeout=WAIT_S)
         assert returncode == 0, (tmp_path / "launcher.err").read_text()[-3000:]
-        assert logged_before < len(CONFIGS) * len(METRICS) * EPOCHS  # the restart was mid-sweep
-        runs = assert_complete(plain, "served")
+        assert logged_before < len(PAIR) * len(METRICS) * EPOCHS  # the restart was mid-sweep
+        runs = assert_complete(plain, "served", PAIR)
 
         client = MlflowClient(plain)
         (parent,) = runs_in(plain, "served", kind="sweep")
@@ -98,8 +107,8 @@ def test_parallel_jobs_ride_out_server_restarts_and_record_no_credentials(tmp_pa
 
 
 @pytest.mark.slow
-def test_a_job_killed_in_a_parallel_sweep_is_resumed_by_the_relaunch(tmp_path, tiny_root):
-    args = ["-m", *job_args(tmp_path, tiny_root, "killed", *PARALLEL)]
+def test_a_job_killed_in_a_parallel_sweep_is_resumed_by_the_relaunch(tmp_path, slow_root):
+    args = ["-m", *job_args(tmp_path, slow_root, "killed", *TWO_PARALLEL)]
 
     def logged_pass() -> Run | None:
         # A checkpoint exists only after a pass, when the store's schema is surely complete.
@@ -136,7 +145,7 @@ def test_a_job_killed_in_a_parallel_sweep_is_resumed_by_the_relaunch(tmp_path, t
 
     relaunch = run_cli("run.py", *args)
     assert relaunch.returncode == 0, relaunch.stderr[-3000:]
-    runs = assert_complete(tmp_path, "killed")
+    runs = assert_complete(tmp_path, "killed", PAIR)
     assert runs[victim.info.run_name].info.run_id == victim.info.run_id
 
 
@@ -146,8 +155,8 @@ def test_a_server_down_longer_than_the_retries_fails_the_job_in_one_line(tmp_pat
     retries = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
     with Server(tmp_path) as server:
         uri = f"http://{server.address}"
-        # Pass 2 is trained and checkpointed, but cannot be logged: the relaunch logs it.
-        args = job_args(tmp_path, root, "down", "trainer.epochs=2", uri=uri)
+        # Pass 2 is trained and checkpointed but cannot be logged: the relaunch logs it on.
+        args = job_args(tmp_path, root, "down", f"trainer.epochs={EPOCHS}", uri=uri)
 
         def logged_a_pass() -> Run | None:
             return next((r for r in runs_in(uri, "down") if r.data.metrics), None)
@@ -173,7 +182,7 @@ def test_a_server_down_longer_than_the_retries_fails_the_job_in_one_line(tmp_pat
         (resumed,) = runs_in(uri, "down")
         assert (resumed.info.run_id, resumed.info.status) == (run.info.run_id, "FINISHED")
         for key, points in history_of(uri, run.info.run_id).items():
-            assert [s for s, _ in points] == [1, 2], key
+            assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), key
 
 
 def test_every_torch_load_is_weights_only():

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import submitit
 from submitit.core.utils import FailedJobError
-from support.cli import cli_env, error_lines, job_args, override, run_cli
+from support.cli import cli_env, error_lines, job_args, run_cli
 from support.processes import WAIT_S, launched, wait_for
-from support.runs import CONFIGS, EPOCHS, assert_complete, history_of, runs_in
+from support.runs import EPOCHS, PAIR, assert_complete, history_of, runs_in
 
 from hw3.tracking.cli import slurm_failure
 from hw3.tracking.schema import PROJECT_ROOT
@@ -30,6 +30,7 @@ pytestmark = pytest.mark.xdist_group("slurm")
 # Small CPU jobs, two at a time on a 2-core node; a test overrides one key to see it refused.
 LAUNCHER = {"gpus_per_task": "null", "cpus_per_task": "1", "mem_gb": "1", "timeout_min": "10"}
 GRID = ["model=plain,bn", "seed=0,1", f"trainer.epochs={EPOCHS}"]
+PAIR_GRID = ["model=plain", "seed=0,1", f"trainer.epochs={EPOCHS}"]  # two jobs: a victim, a witness
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,12 @@ def cluster(slurm_cluster: Cluster, tmp_path: Path) -> Iterator[Cluster]:
     slurm_cluster.cancel(array_jobs(tmp_path))
 
 
-def slurm_sweep(tmp: Path, root: Path, experiment: str, **launcher: str) -> list[str]:
-    """run.py's arguments for GRID as Slurm array jobs, LAUNCHER's keys updated by `launcher`."""
+def slurm_sweep(
+    tmp: Path, root: Path, experiment: str, grid: list[str] = GRID, **launcher: str
+) -> list[str]:
+    """run.py's arguments for `grid` as Slurm array jobs, LAUNCHER's keys updated by `launcher`."""
     keys = [f"hydra.launcher.{k}={v}" for k, v in (LAUNCHER | launcher).items()]
-    return ["-m", *job_args(tmp, root, experiment, "hydra/launcher=slurm", *keys, *GRID)]
+    return ["-m", *job_args(tmp, root, experiment, "hydra/launcher=slurm", *keys, *grid)]
 
 
 def array_jobs(tmp: Path) -> list[str]:
@@ -167,7 +170,7 @@ def test_a_sweep_of_four_slurm_jobs_lands_complete_from_any_launch_dir(
 def test_a_slurm_job_killed_hard_fails_the_sweep_and_the_relaunch_resumes_it(
     cluster, tmp_path, tiny_root
 ):
-    args = slurm_sweep(tmp_path, tiny_root, "killed")
+    args = slurm_sweep(tmp_path, tiny_root, "killed", PAIR_GRID)
     with launched(args, tmp_path, cluster.env) as sweep:
         job, pid = kill_after_a_pass(tmp_path, sweep)
         returncode = sweep.wait(timeout=WAIT_S)
@@ -184,12 +187,12 @@ def test_a_slurm_job_killed_hard_fails_the_sweep_and_the_relaunch_resumes_it(
     killed = runs.pop(victim)
     assert killed.info.status == "RUNNING"  # as the kill left it: nothing ran to close it
     assert len(history_of(tmp_path, killed.info.run_id)["test/acc"]) < EPOCHS
-    assert [r.info.status for r in runs.values()] == ["FINISHED"] * 3
+    assert [r.info.status for r in runs.values()] == ["FINISHED"]
     finished = {name: r.info.end_time for name, r in runs.items()}
 
     relaunch = run_cli("run.py", *args, env=cluster.env)
     assert relaunch.returncode == 0, relaunch.stderr[-3000:]
-    after = assert_complete(tmp_path, "killed")
+    after = assert_complete(tmp_path, "killed", PAIR)
     assert after[victim].info.run_id == killed.info.run_id  # resumed in place
     assert {name: after[name].info.end_time for name in finished} == finished  # skipped
 
@@ -200,7 +203,7 @@ def test_a_slurm_job_warned_of_a_time_limit_or_preemption_requeues_and_resumes(
 ):
     # Before a time limit, and on preemption, Slurm sends the job's submitit process SIGUSR2
     # (--signal=USR2@…): sent here by hand, after the job's first pass.
-    args = slurm_sweep(tmp_path, slow_root, "requeued")
+    args = slurm_sweep(tmp_path, slow_root, "requeued", PAIR_GRID)
     with launched(args, tmp_path, cluster.env) as sweep:
         job = first_job_after_a_pass(tmp_path, sweep)
         os.kill(process_of(job), signal.SIGUSR2)
@@ -210,7 +213,7 @@ def test_a_slurm_job_warned_of_a_time_limit_or_preemption_requeues_and_resumes(
         cluster.command("scontrol", "update", f"JobId={job}", "StartTime=now")
         returncode = sweep.wait(timeout=WAIT_S)
     assert returncode == 0, (tmp_path / "launcher.err").read_text()[-3000:]
-    after = assert_complete(tmp_path, "requeued")  # each pass once, every run FINISHED
+    after = assert_complete(tmp_path, "requeued", PAIR)  # each pass once, every run FINISHED
     resumed = re.search(r"resume (\S+): run (\w+) from its last checkpoint", log_of(tmp_path, job))
     assert resumed, log_of(tmp_path, job)[-3000:]
     name, run_id = resumed.groups()
@@ -224,7 +227,7 @@ def test_a_slurm_job_warned_of_a_time_limit_or_preemption_requeues_and_resumes(
 def test_a_cancelled_slurm_job_ends_its_run_killed_and_the_relaunch_resumes_it(
     cluster, tmp_path, slow_root
 ):
-    args = slurm_sweep(tmp_path, slow_root, "cancelled")
+    args = slurm_sweep(tmp_path, slow_root, "cancelled", PAIR_GRID)
     with launched(args, tmp_path, cluster.env) as sweep:
         job = first_job_after_a_pass(tmp_path, sweep)
         pid = process_of(job)
@@ -242,11 +245,11 @@ def test_a_cancelled_slurm_job_ends_its_run_killed_and_the_relaunch_resumes_it(
     assert line == f"error: {victim} {resumes}"
     cancelled = runs.pop(victim)
     assert cancelled.info.status == "KILLED" and cancelled.data.tags["error"] == resumes
-    assert [r.info.status for r in runs.values()] == ["FINISHED"] * 3
+    assert [r.info.status for r in runs.values()] == ["FINISHED"]
 
     relaunch = run_cli("run.py", *args, env=cluster.env)
     assert relaunch.returncode == 0, relaunch.stderr[-3000:]
-    after = assert_complete(tmp_path, "cancelled")
+    after = assert_complete(tmp_path, "cancelled", PAIR)
     assert after[victim].info.run_id == cancelled.info.run_id  # resumed in place
 
 
@@ -301,31 +304,32 @@ def test_a_job_that_fails_before_training_is_one_line_naming_the_error_and_its_l
 def test_a_relaunch_while_array_jobs_run_or_wait_trains_no_configuration_twice(
     cluster, tmp_path, slow_root
 ):
-    # One job of each launch at a time: the first launch's jobs run one after another while the
-    # relaunch's run beside them, some at the same configuration at the same moment.
-    epochs = 6
-    args = override(
-        slurm_sweep(tmp_path, slow_root, "again", array_parallelism="1"), "trainer.epochs", epochs
-    )
+    # One job of each launch at a time. The first launch's first job is paused right after its
+    # first pass (alive, its run claimed) and its second waits, while the relaunch's jobs run:
+    # one meets the paused job's configuration, the other trains the waiting one's.
+    args = slurm_sweep(tmp_path, slow_root, "again", PAIR_GRID, array_parallelism="1")
     with launched(args, tmp_path, cluster.env, name="first") as first:
-        first_job_after_a_pass(tmp_path, first)
-        pending = cluster.queued(array_jobs(tmp_path))
-        assert len(pending) == 4  # one running (pass 1 logged), three waiting
-        relaunch = run_cli("run.py", *args, env=cluster.env)
+        paused = process_of(first_job_after_a_pass(tmp_path, first))
+        os.kill(paused, signal.SIGSTOP)
+        try:
+            assert len(cluster.queued(array_jobs(tmp_path))) == 2  # one paused, one waiting
+            relaunch = run_cli("run.py", *args, env=cluster.env)
+        finally:
+            os.kill(paused, signal.SIGCONT)
         assert relaunch.returncode == 0, relaunch.stderr[-3000:]
         assert first.wait(timeout=WAIT_S) == 0, (tmp_path / "first.err").read_text()[-3000:]
     jobs = array_jobs(tmp_path)
-    assert len(jobs) == 8 and cluster.states(jobs) == dict.fromkeys(jobs, "COMPLETED")
+    assert len(jobs) == 4 and cluster.states(jobs) == dict.fromkeys(jobs, "COMPLETED")
 
     runs = {r.info.run_name: r for r in runs_in(tmp_path, "again")}
-    assert sorted(runs) == CONFIGS
+    assert sorted(runs) == PAIR
+    logs = [log_of(tmp_path, job) for job in jobs]
     for name, run in runs.items():
         assert run.info.status == "FINISHED", name
         for points in history_of(tmp_path, run.info.run_id).values():
-            assert [s for s, _ in points] == list(range(1, epochs + 1)), name
+            assert [s for s, _ in points] == list(range(1, EPOCHS + 1)), name
         # Of the two jobs of this configuration, one trained it and the other said why not.
-        logs = [log_of(tmp_path, job) for job in jobs]
-        trained = [log for log in logs if f"{name} pass 1/{epochs}" in log]
+        trained = [log for log in logs if f"{name} pass 1/{EPOCHS}" in log]
         skipped = [
             log
             for log in logs
@@ -334,3 +338,5 @@ def test_a_relaunch_while_array_jobs_run_or_wait_trains_no_configuration_twice(
             )
         ]
         assert (len(trained), len(skipped)) == (1, 1), name
+    both = "\n".join(logs)
+    assert f"is being trained by pid {paused} on " in both and "already FINISHED" in both
