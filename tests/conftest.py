@@ -59,8 +59,8 @@ def compose_config() -> Callable[..., DictConfig]:
 
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data root with 512 training and 256 test examples (use data.verify=false)."""
-    return write_dataset(tmp_path_factory.mktemp("tiny"), 512, 256)
+    """A data root with 256 training and 128 test examples (use data.verify=false)."""
+    return write_dataset(tmp_path_factory.mktemp("tiny"), 256, 128)
 
 
 @pytest.fixture(scope="session")

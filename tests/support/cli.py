@@ -1,9 +1,10 @@
-"""run.py and analyze.py as a user runs them: processes, their overrides, their output.
+"""The project's scripts as a user runs them: processes, their overrides, their output.
 
-A process of this checkout's run.py or analyze.py is forked from a warm interpreter (warm.py),
-one per test process, which has imported torch, MLflow and Hydra once: a real process with its
-own pid, session, files, environment and exit status, seconds faster to start. A copy of the
-project, a changed PYTHONPATH or `fresh=True` gets a new interpreter, as a user's shell would.
+A process of one of this checkout's scripts (run.py, analyze.py, a benchmark) is forked from a
+warm interpreter (warm.py), one per test process, which has imported torch, MLflow and Hydra
+once: a real process with its own pid, session, files, environment and exit status, seconds
+faster to start. A copy of the project, a changed PYTHONPATH or `fresh=True` gets a new
+interpreter, as a user's shell would.
 """
 
 from __future__ import annotations
@@ -31,9 +32,6 @@ from support.stores import seeded_store
 def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a CLI subprocess: ours without $MLFLOW_TRACKING_URI, then `env`."""
     return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | (env or {})
-
-
-WARM_SCRIPTS = ("run.py", "analyze.py")
 
 
 class Forked:
@@ -100,12 +98,7 @@ def start(
     unless `cwd`: forked warm where it may be (see the module's docstring), else a new one."""
     command = [sys.executable, str(project / script), *args]
     full_env = cli_env(env)
-    if (
-        fresh
-        or project != PROJECT_ROOT
-        or script not in WARM_SCRIPTS
-        or "PYTHONPATH" in (env or {})
-    ):
+    if fresh or project != PROJECT_ROOT or "PYTHONPATH" in (env or {}):
         return subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,

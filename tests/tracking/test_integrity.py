@@ -148,7 +148,7 @@ def test_a_second_launch_skips_a_run_another_process_trains(tmp_path, slow_root)
 
 
 def test_two_copies_of_a_sweep_share_its_jobs_and_log_each_pass_once(tmp_path, tiny_root):
-    grid = ["model=plain,bn", "seed=0,1", f"trainer.epochs={EPOCHS}", "data.train_size=400"]
+    grid = ["model=plain,bn", "seed=0,1", f"trainer.epochs={EPOCHS}", "data.train_size=200"]
     args = ["-m", *job_args(tmp_path, tiny_root, "copies", *grid)]
     with launched(args, tmp_path, name="a") as a, launched(args, tmp_path, name="b") as b:
         assert a.wait(timeout=300) == 0 and b.wait(timeout=300) == 0
@@ -385,7 +385,7 @@ def test_a_new_store_opened_by_several_processes_at_once_is_created_once(tmp_pat
 
 
 def test_every_run_records_its_dataset_and_other_data_is_another_run(tmp_path, tiny_root):
-    args = job_args(tmp_path, tiny_root, "data", "trainer.epochs=1", "data.train_size=300")
+    args = job_args(tmp_path, tiny_root, "data", "trainer.epochs=1", "data.train_size=200")
     first = run_cli("run.py", *args)
     assert first.returncode == 0, first.stderr[-3000:]
     run = only_run(tmp_path, "data")
@@ -393,7 +393,7 @@ def test_every_run_records_its_dataset_and_other_data_is_another_run(tmp_path, t
     dataset = dataset_input.dataset
     raw = tiny_root / "FashionMNIST" / "raw"
     md5 = {name: hashlib.md5((raw / name).read_bytes()).hexdigest() for name in OFFICIAL_MD5}
-    assert dataset.name == "FashionMNIST train[:300]"
+    assert dataset.name == "FashionMNIST train[:200]"
     assert dataset.digest == run.data.tags["dataset_digest"]
     assert json.loads(dataset.profile)["md5"] == md5
     assert [t.value for t in dataset_input.tags] == ["training"]
