@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
@@ -65,9 +66,18 @@ class Forked:
         self._conn.close()
 
 
-@functools.cache
+_STARTING = threading.Lock()  # threads that start runs at once share one warm interpreter
+
+
 def warm_socket() -> str:
     """The socket of this test process's warm interpreter, started on first use."""
+    with _STARTING:
+        return _start_warm()
+
+
+@functools.cache
+def _start_warm() -> str:
+    """Start the warm interpreter; its socket."""
     folder = Path(tempfile.mkdtemp(prefix="hw3-warm-"))
     path = str(folder / "socket")
     server = subprocess.Popen(
