@@ -43,7 +43,8 @@ L_HAT = Measurement(
 )
 EPOCHS = 3  # passes of the tests' CLI runs
 CONFIGS = ["bn-seed0", "bn-seed1", "plain-seed0", "plain-seed1"]  # a plain,bn × seeds 0,1 sweep
-PAIR = ["plain-seed0", "plain-seed1"]  # a plain × seeds 0,1 sweep: two jobs, where more add nothing
+PAIR_SWEEP = ["model=plain", "seed=0,1"]  # two jobs, where more would add nothing
+PAIR = ["plain-seed0", "plain-seed1"]  # its runs
 H = TypeVar("H", dict[str, list[tuple[int, float]]], list[dict[str, float]])
 
 

@@ -16,7 +16,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from support.cli import error_lines, job_args, run_cli, stand_in_project
 from support.processes import WAIT_S, alive, launched, wait_for
-from support.runs import EPOCHS, METRICS, PAIR, assert_complete, history_of, runs_in
+from support.runs import EPOCHS, METRICS, PAIR, PAIR_SWEEP, assert_complete, history_of, runs_in
 from support.server import Server
 
 from hw3.tracking.record import log_values
@@ -35,8 +35,7 @@ PARALLEL = [
 TWO_PARALLEL = [
     "hydra/launcher=parallel",
     "hydra.launcher.n_jobs=2",
-    "model=plain",
-    "seed=0,1",
+    *PAIR_SWEEP,
     f"trainer.epochs={EPOCHS}",
 ]
 

@@ -19,7 +19,7 @@ import submitit
 from submitit.core.utils import FailedJobError
 from support.cli import cli_env, error_lines, job_args, run_cli
 from support.processes import WAIT_S, launched, wait_for
-from support.runs import EPOCHS, PAIR, assert_complete, history_of, runs_in
+from support.runs import EPOCHS, PAIR, PAIR_SWEEP, assert_complete, history_of, runs_in
 
 from hw3.tracking.cli import slurm_failure
 from hw3.tracking.schema import PROJECT_ROOT
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.xdist_group("slurm")
 # Small CPU jobs, two at a time on a 2-core node; a test overrides one key to see it refused.
 LAUNCHER = {"gpus_per_task": "null", "cpus_per_task": "1", "mem_gb": "1", "timeout_min": "10"}
 GRID = ["model=plain,bn", "seed=0,1", f"trainer.epochs={EPOCHS}"]
-PAIR_GRID = ["model=plain", "seed=0,1", f"trainer.epochs={EPOCHS}"]  # two jobs: a victim, a witness
+PAIR_GRID = [*PAIR_SWEEP, f"trainer.epochs={EPOCHS}"]  # two jobs: a victim and a witness
 
 
 @dataclass(frozen=True)
