@@ -112,11 +112,10 @@ def run_as_main(script: str) -> NoReturn:
         else:
             print(stop.code, file=sys.stderr)
             status = 1
-    except BaseException:
-        sys.excepthook(*sys.exc_info())
-        status, interrupted = 1, isinstance(sys.exc_info()[1], KeyboardInterrupt)
-    # The interpreter's own first step of ending: pools told to stop, non-daemon threads joined.
-    threading._shutdown()  # type: ignore[attr-defined]
+    except BaseException as error:
+        sys.excepthook(type(error), error, error.__traceback__)
+        status, interrupted = 1, isinstance(error, KeyboardInterrupt)
+    threading._shutdown()  # the interpreter's first step: pools told to stop, threads joined
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
