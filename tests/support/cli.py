@@ -3,8 +3,9 @@
 A process of one of this checkout's scripts (run.py, analyze.py, a benchmark) is forked from a
 warm interpreter (warm.py), one per test process, which has imported torch, MLflow and Hydra
 once: a real process with its own pid, session, files, environment and exit status, seconds
-faster to start. A copy of the project, a changed PYTHONPATH or `fresh=True` gets a new
-interpreter, as a user's shell would.
+faster to start. A script of a copy of the project is forked from a second warm interpreter that
+has imported the libraries but not hw3, so that the copy's own code runs. A changed PYTHONPATH
+or `fresh=True` gets a new interpreter, as a user's shell would.
 """
 
 from __future__ import annotations
@@ -69,19 +70,21 @@ class Forked:
 _STARTING = threading.Lock()  # threads that start runs at once share one warm interpreter
 
 
-def warm_socket() -> str:
-    """The socket of this test process's warm interpreter, started on first use."""
+def warm_socket(project: bool) -> str:
+    """The socket of this test process's warm interpreter with this checkout's hw3 imported (else
+    the libraries only: for a copy of the project), started on first use."""
     with _STARTING:
-        return _start_warm()
+        return _start_warm(project)
 
 
 @functools.cache
-def _start_warm() -> str:
-    """Start the warm interpreter; its socket."""
+def _start_warm(project: bool) -> str:
+    """Start a warm interpreter (`warm_socket`); its socket."""
     folder = Path(tempfile.mkdtemp(prefix="hw3-warm-"))
     path = str(folder / "socket")
+    only = [] if project else ["--libraries-only"]
     server = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("warm.py")), path],
+        [sys.executable, str(Path(__file__).with_name("warm.py")), path, *only],
         stdout=subprocess.PIPE,
         env=cli_env(),
         cwd=PROJECT_ROOT,
@@ -108,7 +111,7 @@ def start(
     unless `cwd`: forked warm where it may be (see the module's docstring), else a new one."""
     command = [sys.executable, str(project / script), *args]
     full_env = cli_env(env)
-    if fresh or project != PROJECT_ROOT or "PYTHONPATH" in (env or {}):
+    if fresh or "PYTHONPATH" in (env or {}):
         return subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -119,7 +122,7 @@ def start(
             start_new_session=True,
         )
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    conn.connect(warm_socket())
+    conn.connect(warm_socket(project == PROJECT_ROOT))
     socket.send_fds(conn, [b"F"], [stdout.fileno(), stderr.fileno()])
     request = {
         "script": command[1],

@@ -1,5 +1,7 @@
 """A warm interpreter: `python tests/support/warm.py SOCKET` imports what run.py and analyze.py
-import, then forks a fresh process per request on SOCKET and runs the script in it.
+import, then forks a fresh process per request on SOCKET and runs the script in it. With
+`--libraries-only` it imports the libraries they import but not hw3, for the scripts of a copy of
+the project: each forked process then imports the copy's own hw3.
 
 Each such process is what `python <script> args…` would be, less the seconds of importing torch,
 MLflow and Hydra: its own pid, session and process group, its own stdin (/dev/null), stdout and
@@ -28,20 +30,24 @@ import threading
 from typing import NoReturn
 
 
-def warm_up() -> dict[str, str]:
-    """Import what a job and an analysis import; the environment variables the imports set."""
+def warm_up(project: bool) -> dict[str, str]:
+    """Import what a job and an analysis import (hw3 too if `project`); the environment
+    variables the imports set."""
     before = dict(os.environ)
     import hydra  # noqa: F401
     import matplotlib
+    import mlflow  # noqa: F401
 
     matplotlib.use("Agg")  # what analyze.py selects; pyplot is imported by the figures module
     import torch
 
-    import hw3.analysis.job
-    import hw3.tracking.job
-    import hw3.tracking.sweep
-    import hw3.tracking.training  # noqa: F401
-
+    if project:
+        import hw3.analysis.job
+        import hw3.tracking.job
+        import hw3.tracking.sweep
+        import hw3.tracking.training  # noqa: F401
+    elif "hw3" in sys.modules:
+        raise RuntimeError("a library imported hw3: a copy of the project would run this one's")
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # imports torch._dynamo
     # Native pools (OpenBLAS, Arrow's jemalloc) have fork handlers, as multiprocessing's fork
     # (and analyze.py's figure workers) rely on; a Python thread would not survive the fork.
@@ -50,9 +56,9 @@ def warm_up() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if before.get(k) != v}
 
 
-def serve(path: str) -> dict:
+def serve(path: str, project: bool) -> dict:
     """Accept requests forever; return only in a forked job process, with its request."""
-    set_by_imports = warm_up()
+    set_by_imports = warm_up(project)
     gc.freeze()  # the jobs' collections skip (and do not copy) what the imports made
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -129,4 +135,4 @@ if __name__ == "__main__":
     from pathlib import Path
 
     sys.path[0] = str(Path(__file__).resolve().parents[2])  # the project's root, as for run.py
-    run_as_main(serve(sys.argv[1])["script"])
+    run_as_main(serve(sys.argv[1], project=sys.argv[2:] != ["--libraries-only"])["script"])
